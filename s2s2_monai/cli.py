@@ -1,0 +1,44 @@
+"""The ``s2s2`` command. Each concept package registers its own sub-commands."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from s2s2_monai.errors import S2S2InputError
+
+__all__ = ["main", "build_parser"]
+
+#: Modules with a ``register(subparsers)`` function, one per concept.
+COMMAND_MODULES = [
+    "s2s2_monai.data.commands",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from s2s2_monai import __version__
+
+    parser = argparse.ArgumentParser(prog="s2s2", description="S2S2 semantic stacking for segmentation on MONAI")
+    parser.add_argument("--version", action="version", version=f"s2s2_monai {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; bad input prints one ``error:`` line and returns 2 (no traceback)."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except S2S2InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,99 @@
+"""Decathlon-style datalists (``data_lists/*.json``) with paths relative to a data root.
+
+A datalist is ``{"training": [{"image": ..., "label": ...}, ...], "validation": [...],
+"test": [...]}`` plus optional project keys:
+
+- ``"label_map"``: name of the target :class:`~s2s2_monai.data.label_maps.LabelMap` (default synapse),
+- ``"label_remap"``: name of a :class:`~s2s2_monai.data.label_maps.LabelRemap` applied to the label files,
+- ``"modality"``: ``"CT"`` / ``"MRI"`` (default: the label map's).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from s2s2_monai.data.label_maps import LabelMap, LabelRemap, get_label_map, get_label_remap
+from s2s2_monai.errors import S2S2InputError
+
+__all__ = ["Datalist", "load_datalist"]
+
+SECTIONS = ("training", "validation", "test")
+
+
+@dataclass
+class Datalist:
+    """A parsed datalist with absolute paths."""
+
+    path: str
+    data_root: str
+    sections: dict[str, list[dict]] = field(default_factory=dict)
+    label_map: LabelMap | None = None
+    label_remap: LabelRemap | None = None
+    modality: str = "CT"
+
+    def items(self, section: str) -> list[dict]:
+        """Entries of one section (``[]`` when the datalist lacks it)."""
+        return self.sections.get(section, [])
+
+    def valid_label_ids(self) -> set[int]:
+        """Ids allowed in the label *files* (before remapping)."""
+        return self.label_remap.valid_ids() if self.label_remap else self.label_map.valid_ids()
+
+
+def _resolve(entry_value: str, root: Path) -> str:
+    p = Path(os.path.expanduser(entry_value))
+    return str(p if p.is_absolute() else root / p)
+
+
+def load_datalist(path: str | os.PathLike, data_root: str | os.PathLike | None = None, sections=SECTIONS) -> Datalist:
+    """Read and validate a datalist; entry paths become absolute under ``data_root``.
+
+    ``data_root`` defaults to the datalist's own folder.
+
+    Raises:
+        S2S2InputError: missing/invalid JSON, no entries, entries without ``image``, unknown label map.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise S2S2InputError(path, "datalist not found", "give the path of a datalist JSON (see data_lists/)")
+    try:
+        raw = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise S2S2InputError(path, f"not valid JSON ({exc})", "fix the JSON syntax") from None
+    if not isinstance(raw, dict):
+        raise S2S2InputError(path, "datalist must be a JSON object with 'training'/'validation'/'test' lists", "see data_lists/demo.json")
+    root = Path(data_root) if data_root is not None else path.parent
+    try:
+        label_map = get_label_map(raw.get("label_map", "synapse"))
+        remap = get_label_remap(raw["label_remap"]) if raw.get("label_remap") else None
+    except KeyError as exc:
+        raise S2S2InputError(path, str(exc.args[0]), "use one of the known names") from None
+    if remap is not None and remap.target != label_map.name:
+        raise S2S2InputError(path, f"label_remap {remap.name!r} maps to {remap.target!r}, not to label_map {label_map.name!r}", "make them agree")
+    parsed: dict[str, list[dict]] = {}
+    for section in sections:
+        entries = raw.get(section, [])
+        if not isinstance(entries, list):
+            raise S2S2InputError(path, f"'{section}' must be a list of entries", "see data_lists/demo.json")
+        out = []
+        for i, entry in enumerate(entries):
+            if isinstance(entry, str):
+                entry = {"image": entry}
+            if not isinstance(entry, dict) or "image" not in entry:
+                raise S2S2InputError(path, f"entry {i} of '{section}' has no 'image'", "each entry needs an 'image' path")
+            item = {k: _resolve(v, root) if k in ("image", "label") else v for k, v in entry.items()}
+            out.append(item)
+        parsed[section] = out
+    if not any(parsed.values()):
+        raise S2S2InputError(path, f"datalist has no entries in {list(sections)}", "add at least one image entry")
+    return Datalist(
+        path=str(path),
+        data_root=str(root),
+        sections=parsed,
+        label_map=label_map,
+        label_remap=remap,
+        modality=raw.get("modality", label_map.modality),
+    )

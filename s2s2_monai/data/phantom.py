@@ -1,0 +1,109 @@
+"""Project-made phantom abdominal CT volumes: the embedded demo data.
+
+Each case is an elliptic body (fat rim, muscle, spine) holding the 8 Synapse organs as jittered
+ellipsoids / a cylinder at anatomically sensible places (liver and gallbladder on the patient's
+right, spleen and stomach on the left, aorta in front of the spine), with plausible
+contrast-enhanced HU values, smoothing and noise. Voxels are ~2.7 x 2.7 x 3 mm and files are
+stored in LPS axis order, so readers must reorient them. Everything is seeded: the same seed
+writes the same bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+from scipy.ndimage import gaussian_filter
+from tqdm.auto import tqdm
+
+from s2s2_monai.data.volumes import save_nifti_atomic
+
+__all__ = ["make_phantom_case", "write_demo_data", "ORGANS"]
+
+#: Synapse id -> (name, centre RAS mm (x right, y anterior, z superior), radii mm, mean HU).
+ORGANS: dict[int, tuple[str, tuple[float, float, float], tuple[float, float, float], float]] = {
+    5: ("liver", (65.0, 10.0, 35.0), (70.0, 62.0, 55.0), 105.0),
+    1: ("spleen", (-85.0, -30.0, 45.0), (30.0, 40.0, 42.0), 120.0),
+    2: ("right kidney", (60.0, -50.0, -25.0), (24.0, 30.0, 48.0), 170.0),
+    3: ("left kidney", (-60.0, -50.0, -20.0), (24.0, 30.0, 48.0), 170.0),
+    6: ("stomach", (-40.0, 35.0, 40.0), (42.0, 32.0, 38.0), 30.0),
+    4: ("gallbladder", (50.0, 50.0, 0.0), (16.0, 16.0, 26.0), 8.0),
+    8: ("pancreas", (-5.0, 5.0, 5.0), (55.0, 11.0, 12.0), 85.0),
+    7: ("aorta", (-12.0, -30.0, 0.0), (11.0, 11.0, 1e4), 210.0),
+}
+
+_BODY_HU, _FAT_HU, _AIR_HU, _BONE_HU = 45.0, -95.0, -1000.0, 650.0
+
+
+def make_phantom_case(
+    rng: np.random.Generator, shape=(128, 128, 48), spacing=(2.7, 2.7, 3.0)
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One phantom case in LPS storage order.
+
+    Returns:
+        image int16 HU, label uint8 Synapse ids (both ``shape``), and the 4x4 LPS-ordered affine.
+    """
+    nx, ny, nz = shape
+    sx, sy, sz = spacing
+    # RAS world coordinates of voxel centres, volume centred at the origin
+    x = (np.arange(nx) - (nx - 1) / 2) * sx
+    y = (np.arange(ny) - (ny - 1) / 2) * sy
+    z = (np.arange(nz) - (nz - 1) / 2) * sz
+    X, Y, Z = np.meshgrid(x, y, z, indexing="ij")
+    hu = np.full(shape, _AIR_HU, dtype=np.float32)
+    label = np.zeros(shape, dtype=np.uint8)
+    scale = rng.uniform(0.9, 1.1)
+    body = (X / (160 * scale)) ** 2 + ((Y + 5) / (115 * scale)) ** 2 <= 1
+    inner = (X / (148 * scale)) ** 2 + ((Y + 5) / (103 * scale)) ** 2 <= 1
+    hu[body] = _FAT_HU
+    hu[inner] = _BODY_HU
+    spine = ((X / 17) ** 2 + ((Y + 75) / 17) ** 2) <= 1
+    hu[spine] = _BONE_HU
+    for organ_id, (_, centre, radii, mean_hu) in ORGANS.items():
+        c = np.asarray(centre) + rng.normal(0, 6, 3) * scale
+        r = np.asarray(radii) * rng.uniform(0.85, 1.15, 3) * scale
+        mask = ((X - c[0]) / r[0]) ** 2 + ((Y - c[1]) / r[1]) ** 2 + ((Z - c[2]) / r[2]) ** 2 <= 1
+        mask &= inner
+        hu[mask] = mean_hu + rng.normal(0, 8)
+        label[mask] = organ_id
+    hu = gaussian_filter(hu, sigma=0.8) + rng.normal(0, 12, shape).astype(np.float32)
+    image = np.clip(np.round(hu), -1024, 3071).astype(np.int16)
+    # store in LPS order: flip x and y; affine maps LPS-ordered indices to RAS mm
+    image, label = image[::-1, ::-1, :].copy(), label[::-1, ::-1, :].copy()
+    affine = np.diag([-sx, -sy, sz, 1.0])
+    affine[:3, 3] = [x[-1], y[-1], z[0] + rng.uniform(-20, 20)]
+    return image, label, affine
+
+
+def write_demo_data(out: str | os.PathLike, cases: int = 6, seed: int = 0, shape=(128, 128, 48), progress: bool = True) -> Path:
+    """Write ``cases`` phantoms as ``OUT/imagesTr``, ``OUT/labelsTr`` and ``OUT/datalist.json``.
+
+    The last third of the cases (at least one) forms the validation/test split.
+    """
+    if cases < 2:
+        raise ValueError("need at least 2 cases (one for training, one for validation)")
+    out = Path(out)
+    entries = []
+    for i in tqdm(range(cases), desc="phantoms", disable=not progress, unit="case"):
+        rng = np.random.default_rng([seed, i])
+        spacing = (2.6 + 0.2 * rng.random(), 2.6 + 0.2 * rng.random(), 3.0)
+        image, label, affine = make_phantom_case(rng, shape=shape, spacing=spacing)
+        name = f"phantom_{i:03d}.nii.gz"
+        save_nifti_atomic(image, affine, out / "imagesTr" / name)
+        save_nifti_atomic(label, affine, out / "labelsTr" / name)
+        entries.append({"image": f"imagesTr/{name}", "label": f"labelsTr/{name}"})
+    n_val = max(1, cases // 3)
+    datalist = {
+        "description": f"s2s2 demo phantoms (seed {seed}), abdominal CT, Synapse label ids",
+        "label_map": "synapse",
+        "modality": "CT",
+        "training": entries[:-n_val],
+        "validation": entries[-n_val:],
+        "test": entries[-n_val:],
+    }
+    tmp = out / ".datalist.json.tmp"
+    tmp.write_text(json.dumps(datalist, indent=2) + "\n")
+    os.replace(tmp, out / "datalist.json")
+    return out / "datalist.json"

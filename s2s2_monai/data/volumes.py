@@ -1,0 +1,265 @@
+"""Read NIfTI files and DICOM series into canonically oriented volumes, with clear errors.
+
+Everything the project reads goes through :func:`load_volume`: MONAI's ``LoadImage``
+(nibabel for NIfTI, ITK/GDCM for DICOM folders, which copes with JPEG 2000 and empty series
+UIDs), channel first, reoriented to RAS. The volume's affine is the RAS affine after
+reorientation; :func:`to_source_orientation` undoes the reorientation for writing outputs in
+the input file's own geometry.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+from monai.data import MetaTensor
+from monai.transforms import LoadImage, Orientation
+
+from s2s2_monai.errors import S2S2InputError
+
+__all__ = [
+    "CANONICAL_AXCODES",
+    "CaseVolume",
+    "load_volume",
+    "load_case",
+    "spacing_of",
+    "to_source_orientation",
+    "save_nifti_atomic",
+]
+
+#: Every volume is reoriented to this; axial slices run along the last axis (S).
+CANONICAL_AXCODES = "RAS"
+
+_NIFTI_SUFFIXES = (".nii", ".nii.gz")
+_RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
+
+
+def spacing_of(affine: np.ndarray | torch.Tensor) -> np.ndarray:
+    """Voxel spacing (mm) along each array axis of a 4x4 affine."""
+    a = np.asarray(affine, dtype=np.float64)[:3, :3]
+    return np.sqrt((a * a).sum(axis=0))
+
+
+def _reader_for(path: Path) -> str | None:
+    if path.is_dir():
+        return "ITKReader"
+    if path.name.endswith(_NIFTI_SUFFIXES):
+        return "NibabelReader"
+    return None
+
+
+def load_volume(path: str | os.PathLike, is_label: bool = False) -> MetaTensor:
+    """Load a NIfTI file or a DICOM series folder as a (1, X, Y, Z) MetaTensor in RAS.
+
+    Args:
+        path: ``.nii``/``.nii.gz`` file or a folder holding one DICOM series.
+        is_label: labels are checked to hold non-negative integers and returned as int64;
+            images as float32 and checked to hold finite values only.
+
+    Raises:
+        S2S2InputError: missing, unreadable or truncated file, not a 3D volume, NaN/inf values,
+            non-integer labels.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise S2S2InputError(path, "file not found", "check the path (relative paths are resolved against --data-root)")
+    if path.is_dir() and not any(p.is_file() for p in path.iterdir()):
+        raise S2S2InputError(path, "folder holds no DICOM files", "point to a folder with the .dcm files of one series")
+    try:
+        img = LoadImage(image_only=True, ensure_channel_first=True, reader=_reader_for(path))(str(path))
+        img = Orientation(axcodes=CANONICAL_AXCODES, labels=_RAS_LABELS)(img)
+        arr = img.as_tensor()  # forces a full read: truncated gzip fails here, not later
+    except S2S2InputError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - every reader error becomes one clear message
+        kind = "DICOM series" if path.is_dir() else "NIfTI file"
+        raise S2S2InputError(
+            path,
+            f"cannot read this {kind} ({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''})",
+            "re-export or re-download it; a truncated .nii.gz is the usual cause",
+        ) from None
+    if img.ndim != 4 or img.shape[0] != 1:
+        raise S2S2InputError(path, f"expected one 3D volume, got array shape {tuple(arr.shape[1:])} with {arr.shape[0]} channels", "give a single-channel 3D image")
+    if is_label:
+        if arr.is_floating_point() and not torch.equal(arr, torch.round(arr)):
+            raise S2S2InputError(path, "label file holds non-integer values", "labels must be integer class ids")
+        if arr.numel() and arr.min() < 0:
+            raise S2S2InputError(path, "label file holds negative values", "labels must be class ids >= 0")
+        img = MetaTensor(arr.to(torch.int64), meta=img.meta, applied_operations=img.applied_operations)
+    else:
+        if not torch.isfinite(arr).all():
+            bad = int((~torch.isfinite(arr)).sum())
+            raise S2S2InputError(path, f"image holds {bad} NaN/inf voxels", "fix or re-export the image; intensities must be finite")
+        img = MetaTensor(arr.to(torch.float32), meta=img.meta, applied_operations=img.applied_operations)
+    img.meta["filename_or_obj"] = str(path)
+    return img
+
+
+@dataclass
+class CaseVolume:
+    """One preprocessed case, held as plain numpy arrays (compact, fork-friendly).
+
+    Attributes:
+        case_id: name of the case (file stem).
+        image: float32 (X, Y, Z), intensity-transformed, RAS.
+        label: uint8 (X, Y, Z) target-map ids, RAS (``None`` for unlabelled cases).
+        affine: 4x4 RAS affine of ``image``.
+        source_affine: affine of the file as stored (to write outputs back in its geometry).
+        image_path / label_path: where it came from.
+    """
+
+    case_id: str
+    image: np.ndarray
+    label: np.ndarray | None
+    affine: np.ndarray
+    source_affine: np.ndarray
+    image_path: str
+    label_path: str | None = None
+
+    @property
+    def spacing(self) -> np.ndarray:
+        """Voxel spacing (mm) of the RAS arrays."""
+        return spacing_of(self.affine)
+
+    @property
+    def num_slices(self) -> int:
+        return int(self.image.shape[-1])
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.image.nbytes + (0 if self.label is None else self.label.nbytes))
+
+
+def case_id_of(path: str | os.PathLike) -> str:
+    """Case name from a file or folder name (``.nii.gz`` / ``.nii`` stripped)."""
+    name = Path(path).name
+    for suffix in _NIFTI_SUFFIXES:
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def check_same_grid(image: MetaTensor, label: MetaTensor, image_path: str, label_path: str, atol: float = 1e-3) -> None:
+    """Raise :class:`S2S2InputError` unless image and label share shape and affine."""
+    if tuple(image.shape[1:]) != tuple(label.shape[1:]):
+        raise S2S2InputError(
+            label_path,
+            f"label shape {tuple(label.shape[1:])} differs from image shape {tuple(image.shape[1:])} of {image_path}",
+            "pair each image with its own label file, resampled to the image grid",
+        )
+    a, b = np.asarray(image.affine, np.float64), np.asarray(label.affine, np.float64)
+    if not np.allclose(a, b, atol=atol):
+        raise S2S2InputError(
+            label_path,
+            f"label affine differs from the affine of {image_path} (max difference {np.abs(a - b).max():.4g} mm)",
+            "resample the label onto the image grid or fix its header",
+        )
+
+
+def load_case(
+    image_path: str | os.PathLike,
+    label_path: str | os.PathLike | None,
+    intensity=None,
+    remap=None,
+    valid_label_ids: set[int] | None = None,
+    case_id: str | None = None,
+) -> CaseVolume:
+    """Load, check and preprocess one image/label pair.
+
+    Args:
+        image_path / label_path: NIfTI files or DICOM folders (label may be ``None``).
+        intensity: array transform applied to the image (e.g. :class:`~s2s2_monai.transforms.CTWindow`).
+        remap: array transform applied to the label (e.g. :class:`~s2s2_monai.transforms.RemapLabels`).
+        valid_label_ids: ids allowed in the label file *before* remapping; others are an error.
+        case_id: defaults to the image file name without extension.
+    """
+    image = load_volume(image_path)
+    source_affine = _source_affine(image)
+    label = None
+    if label_path is not None:
+        label = load_volume(label_path, is_label=True)
+        check_same_grid(image, label, str(image_path), str(label_path))
+        if valid_label_ids is not None:
+            found = set(torch.unique(label.as_tensor()).tolist())
+            unknown = sorted(found - set(valid_label_ids))
+            if unknown:
+                raise S2S2InputError(
+                    label_path,
+                    f"label ids {unknown[:10]} are not in the label map (allowed: {sorted(valid_label_ids)[:20]})",
+                    "choose the matching --label-map / label_remap for this annotation",
+                )
+    img = intensity(image) if intensity is not None else image
+    image_np = np.ascontiguousarray(torch.as_tensor(img)[0].numpy(), dtype=np.float32)
+    label_np = None
+    if label is not None:
+        lab = remap(label) if remap is not None else label
+        label_np = np.ascontiguousarray(torch.as_tensor(lab)[0].numpy(), dtype=np.uint8)
+    return CaseVolume(
+        case_id=case_id or case_id_of(image_path),
+        image=image_np,
+        label=label_np,
+        affine=np.asarray(image.affine, dtype=np.float64),
+        source_affine=source_affine,
+        image_path=str(image_path),
+        label_path=None if label_path is None else str(label_path),
+    )
+
+
+def _source_affine(img: MetaTensor) -> np.ndarray:
+    """Affine of the volume as read from disk (before the RAS reorientation)."""
+    original = img.meta.get("original_affine")
+    return np.asarray(original if original is not None else img.affine, dtype=np.float64)
+
+
+def to_source_orientation(array: np.ndarray | torch.Tensor, affine: np.ndarray, source_affine: np.ndarray) -> np.ndarray | torch.Tensor:
+    """Reorient an (X, Y, Z) array from RAS (``affine``) back to the file's axis order.
+
+    Works on numpy arrays and on torch tensors (kept on their device).
+    """
+    src = nib.orientations.io_orientation(np.asarray(affine))
+    dst = nib.orientations.io_orientation(np.asarray(source_affine))
+    transform = nib.orientations.ornt_transform(src, dst)
+    is_tensor = isinstance(array, torch.Tensor)
+    out = array
+    flips = [i for i, (_, flip) in enumerate(transform) if flip == -1]
+    if flips:
+        out = torch.flip(out, flips) if is_tensor else np.flip(out, flips)
+    perm = [0] * 3
+    for i, (axis, _) in enumerate(transform):
+        perm[int(axis)] = i
+    out = out.permute(*perm) if is_tensor else np.transpose(out, perm)
+    return out.contiguous() if is_tensor else np.ascontiguousarray(out)
+
+
+def save_nifti_atomic(array: np.ndarray, affine: np.ndarray, path: str | os.PathLike, dtype=None) -> Path:
+    """Write a NIfTI file via a temporary name and ``os.replace`` (never a half-written file).
+
+    The gzip header carries no timestamp, so equal arrays give equal bytes.
+    """
+    import gzip
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arr = np.asarray(array if dtype is None else np.asarray(array).astype(dtype))
+    img = nib.Nifti1Image(arr, np.asarray(affine, dtype=np.float64))
+    img.header.set_data_dtype(arr.dtype)
+    img.set_qform(np.asarray(affine), code=1)
+    img.set_sform(np.asarray(affine), code=1)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        raw = img.to_bytes()
+        if path.name.endswith(".gz"):
+            raw = gzip.compress(raw, compresslevel=6, mtime=0)
+        with open(tmp, "wb") as fh:
+            fh.write(raw)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
