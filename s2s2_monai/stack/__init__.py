@@ -1,0 +1,1 @@
+"""The semantic stack: prompts, generators, the compact resumable cache, paired sampling."""
