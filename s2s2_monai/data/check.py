@@ -10,6 +10,7 @@ import numpy as np
 from s2s2_monai.data.datalist import SECTIONS, load_datalist
 from s2s2_monai.data.volumes import case_id_of, load_case
 from s2s2_monai.errors import S2S2InputError
+from s2s2_monai.transforms import RemapLabels
 
 __all__ = ["CaseCheck", "check_datalist", "format_table"]
 
@@ -34,12 +35,13 @@ def check_datalist(datalist_path: str | os.PathLike, data_root: str | os.PathLik
         S2S2InputError: the datalist itself is unusable (missing, invalid, empty).
     """
     dl = load_datalist(datalist_path, data_root)
+    remap = RemapLabels(dl.label_remap) if dl.label_remap else None
     results = []
     for section in SECTIONS:
         for entry in dl.items(section):
-            cid = case_id_of(entry["image"])
+            cid = entry.get("case_id") or case_id_of(entry["image"])
             try:
-                case = load_case(entry["image"], entry.get("label"), valid_label_ids=dl.valid_label_ids())
+                case = load_case(entry["image"], entry.get("label"), remap=remap, valid_label_ids=dl.valid_label_ids())
             except S2S2InputError as exc:
                 results.append(CaseCheck(section, cid, False, problem=str(exc)))
                 continue
@@ -52,7 +54,7 @@ def check_datalist(datalist_path: str | os.PathLike, data_root: str | os.PathLik
 
 def format_table(results: list[CaseCheck]) -> str:
     """Per-case table for the terminal."""
-    rows = [("section", "case", "status", "shape", "spacing mm", "label ids / problem")]
+    rows = [("section", "case", "status", "shape", "spacing mm", "label ids (after remap) / problem")]
     for r in results:
         detail = r.problem if not r.ok else ("-" if r.labels is None else " ".join(map(str, r.labels)))
         rows.append(

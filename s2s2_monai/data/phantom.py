@@ -3,7 +3,8 @@
 Each case is an elliptic body (fat rim, muscle, spine) holding the 8 Synapse organs as jittered
 ellipsoids / a cylinder at anatomically sensible places (liver and gallbladder on the patient's
 right, spleen and stomach on the left, aorta in front of the spine), with plausible
-contrast-enhanced HU values, smoothing and noise. Voxels are ~2.7 x 2.7 x 3 mm and files are
+contrast-enhanced HU values, smoothing and noise. The field of view is fixed (~350 x 350 x 144 mm):
+the default 128 x 128 x 48 grid has ~2.7 x 2.7 x 3 mm voxels. Files are
 stored in LPS axis order, so readers must reorient them. Everything is seeded: the same seed
 writes the same bytes.
 """
@@ -88,7 +89,8 @@ def write_demo_data(out: str | os.PathLike, cases: int = 6, seed: int = 0, shape
     entries = []
     for i in tqdm(range(cases), desc="phantoms", disable=not progress, unit="case"):
         rng = np.random.default_rng([seed, i])
-        spacing = (2.6 + 0.2 * rng.random(), 2.6 + 0.2 * rng.random(), 3.0)
+        # field of view ~350 x 350 x 144 mm whatever the grid (128x128x48 -> ~2.7 x 2.7 x 3 mm voxels)
+        spacing = (350.0 / shape[0] * rng.uniform(0.96, 1.04), 350.0 / shape[1] * rng.uniform(0.96, 1.04), 144.0 / shape[2])
         image, label, affine = make_phantom_case(rng, shape=shape, spacing=spacing)
         name = f"phantom_{i:03d}.nii.gz"
         save_nifti_atomic(image, affine, out / "imagesTr" / name)

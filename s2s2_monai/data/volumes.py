@@ -82,6 +82,14 @@ def load_volume(path: str | os.PathLike, is_label: bool = False) -> MetaTensor:
             f"cannot read this {kind} ({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''})",
             "re-export or re-download it; a truncated .nii.gz is the usual cause",
         ) from None
+    if path.is_dir():
+        n_files = sum(1 for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+        if n_files != arr.shape[-1]:
+            raise S2S2InputError(
+                path,
+                f"the folder holds {n_files} files but only {arr.shape[-1]} slices could be read (a missing, corrupt or foreign file)",
+                "keep exactly one complete DICOM series per folder; re-export the unreadable files",
+            )
     if img.ndim != 4 or img.shape[0] != 1:
         raise S2S2InputError(path, f"expected one 3D volume, got array shape {tuple(arr.shape[1:])} with {arr.shape[0]} channels", "give a single-channel 3D image")
     if is_label:
