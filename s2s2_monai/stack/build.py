@@ -1,0 +1,317 @@
+"""Build (or complete) the stack cache of a datalist's training slices: resumable and distributed.
+
+Every axial slice of the ``training`` section gets a stack, *including background-only slices*:
+training samples those too (``SliceDataset(labelled_only=False)``). Slices with identical masks
+(typically the empty ones of a case size) share one content-keyed entry, so this costs little.
+
+Properties:
+
+- **content-keyed**: entry keys hash mask, prompt, generator name + settings, n, seed and QC
+  settings (:func:`~s2s2_monai.stack.cache.entry_key`); changed settings never reuse old images;
+- **order-free seeds**: each mask's seed is derived from the global seed and the mask content
+  (:func:`~s2s2_monai.stack.cache.slice_seed`), never from its position, batch or rank;
+- **resumable**: entries already present and valid are skipped (so the build doubles as "ensure
+  the stack exists"); corrupt ones are rebuilt; a ``kill -9`` at any moment leaves only whole
+  entries (temp + fsync + rename), and re-running gives a bit-identical cache;
+- **distributed**: under ``torchrun`` (``RANK``/``WORLD_SIZE`` set), ``torch.distributed`` is
+  initialised (gloo on CPU, nccl on GPU), rank r builds keys ``r::world_size`` of the sorted keys,
+  and after a barrier rank 0 verifies that the cache is complete.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from s2s2_monai.errors import S2S2InputError
+from s2s2_monai.stack.base import StackGenerator, UnitIntensity
+from s2s2_monai.stack.cache import (
+    StackCache,
+    atomic_write_bytes,
+    canonical_json,
+    entry_key,
+    mask_digest,
+    slice_seed,
+    to_uint8,
+)
+from s2s2_monai.stack.prompts import build_prompt
+from s2s2_monai.stack.quality import QualityBounds, check_and_regenerate
+
+__all__ = ["build_stack", "make_generator", "slice_jobs", "write_contact_sheet"]
+
+
+# ---------------------------------------------------------------------------- distributed
+def _init_distributed() -> tuple[int, int, int, bool]:
+    """(rank, world_size, local_rank, initialised_here) from torchrun's environment."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, 0, False
+    import torch
+    import torch.distributed as dist
+
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size(), local_rank, False
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(local_rank)
+    # shards can take hours with the diffusion generator: do not let the barrier time out
+    dist.init_process_group(backend, timeout=timedelta(days=2))
+    return dist.get_rank(), dist.get_world_size(), local_rank, True
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+# ---------------------------------------------------------------------------- pieces
+def make_generator(
+    generator: str | StackGenerator,
+    volumes,
+    sd_dir: str | os.PathLike | None = None,
+    controlnet_dir: str | os.PathLike | None = None,
+    resolution: int | None = None,
+    batch_size: int = 8,
+    device: str | None = None,
+) -> StackGenerator:
+    """A generator by name (``"appearance"`` fitted on ``volumes``, or ``"diffusion"``) or as given."""
+    if isinstance(generator, StackGenerator):
+        return generator
+    if generator == "appearance":
+        from s2s2_monai.stack.appearance import AppearanceGenerator
+
+        return AppearanceGenerator.fit(volumes)
+    if generator == "diffusion":
+        if sd_dir is None or controlnet_dir is None:
+            raise S2S2InputError(None, "--generator diffusion needs both --sd-dir and --controlnet-dir", "pass the Stable Diffusion folder and the fine-tuned ControlNet folder (see `s2s2 controlnet train`)")
+        from s2s2_monai.stack.diffusion import DiffusionGenerator
+
+        kwargs = {"resolution": int(resolution)} if resolution else {}
+        return DiffusionGenerator(sd_dir, controlnet_dir, batch_size=batch_size, device=device, label_map=volumes.datalist.label_map, **kwargs)
+    raise S2S2InputError(None, f"unknown stack generator {generator!r}", "use 'appearance' or 'diffusion'")
+
+
+def slice_jobs(volumes, spec: dict) -> tuple[list[list], dict[str, dict]]:
+    """The slice index and the distinct jobs of a :class:`~s2s2_monai.data.slices.VolumeCache`.
+
+    Returns:
+        ``slices`` = ``[[case_id, z, key], ...]`` in datalist order, and ``jobs`` =
+        ``{key: {"case": i, "z": z, "mask_sha256", "prompt", "seed"}}`` (first slice of each key).
+    """
+    label_map = volumes.datalist.label_map
+    slices, jobs = [], {}
+    for ci, case in enumerate(volumes.cases):
+        if case.label is None:
+            raise S2S2InputError(case.image_path, "training case has no label; a semantic stack is generated from masks", "add a 'label' to every training entry of the datalist")
+        for z in range(case.num_slices):
+            mask = case.label[:, :, z]
+            digest = mask_digest(mask)
+            prompt = build_prompt(mask, label_map)
+            key = entry_key(digest, prompt, spec)
+            slices.append([case.case_id, z, key])
+            if key not in jobs:
+                jobs[key] = {"case": ci, "z": z, "mask_sha256": digest, "prompt": prompt, "seed": slice_seed(spec["seed"], digest, prompt)}
+    return slices, jobs
+
+
+def write_contact_sheet(cache: StackCache, volumes, path: Path, rows: int = 4, cols: int = 6) -> Path | None:
+    """PNG of a few masks (most classes first) with their real slice and first ``cols`` members."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    manifest = cache.manifest
+    picks, seen = [], set()
+    for case_id, z, key in manifest["slices"]:
+        if key in seen or not cache.has(key):
+            continue
+        seen.add(key)
+        ci = next(i for i, c in enumerate(volumes.cases) if c.case_id == case_id)
+        n_cls = len(np.unique(volumes.cases[ci].label[:, :, z]))
+        picks.append((-n_cls, key, ci, z))
+    if not picks:
+        return None
+    picks = sorted(picks)[:rows]
+    unit = UnitIntensity(*manifest["unit"])
+    ncol = 2 + min(cols, int(manifest["n"]))
+    fig = Figure(figsize=(1.6 * ncol, 1.7 * len(picks)))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(picks), ncol, squeeze=False)
+    for r, (_, key, ci, z) in enumerate(picks):
+        case = volumes.cases[ci]
+        panels = [("real x0", unit.to_unit(case.image[:, :, z]), "gray"), ("mask", case.label[:, :, z], "tab10")]
+        panels += [(f"member {m}", cache.read_member(key, m), "gray") for m in range(ncol - 2)]
+        for c, (title, img, cmap) in enumerate(panels):
+            ax = axes[r, c]
+            kw = {"vmin": 0, "vmax": 255 if img.dtype == np.uint8 and cmap == "gray" else (1 if cmap == "gray" else 9)}
+            ax.imshow(np.asarray(img).T, cmap=cmap, origin="lower", interpolation="nearest", **kw)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_title(title if r == 0 else "", fontsize=8)
+            if c == 0:
+                ax.set_ylabel(f"{case.case_id}\nz={z}", fontsize=7)
+    fig.suptitle(f"stack: {manifest['generator']} (n={manifest['n']}, seed={manifest['seed']})", fontsize=9)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})
+    atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
+# ---------------------------------------------------------------------------- build
+def build_stack(
+    datalist,
+    out_dir: str | os.PathLike,
+    generator: str | StackGenerator = "appearance",
+    n: int = 16,
+    seed: int = 0,
+    data_root: str | os.PathLike | None = None,
+    batch_size: int = 8,
+    sd_dir: str | os.PathLike | None = None,
+    controlnet_dir: str | os.PathLike | None = None,
+    resolution: int | None = None,
+    progress: bool = True,
+    qc: bool = True,
+    verify_existing: bool = True,
+    contact_sheet: bool = True,
+) -> dict:
+    """Build the stacks of every training slice of ``datalist`` into ``out_dir`` (see module doc).
+
+    Args:
+        datalist: a datalist path or :class:`~s2s2_monai.data.datalist.Datalist` (its ``training`` section).
+        out_dir: the cache folder (created if needed).
+        generator: ``"appearance"`` (weight-free, fitted on the training images), ``"diffusion"``
+            (needs ``sd_dir`` and ``controlnet_dir``) or a :class:`StackGenerator` instance.
+        n: members per mask.
+        seed: global seed (per-mask seeds derive from it and the mask content).
+        batch_size: masks per ``generate`` call.
+        resolution: generation resolution of the diffusion generator (images are stored at the
+            slice's own grid whatever it is).
+        qc: learn per-organ bounds from the real images, regenerate failing members, record results.
+        verify_existing: check every member checksum of existing entries (else header + size only).
+        contact_sheet: write ``out_dir/contact_sheet.png``.
+
+    Returns:
+        summary dict: ``slices``, ``entries``, ``generated``, ``skipped``, ``rebuilt`` (corrupt
+        entries regenerated), ``rank``/``world_size``, ``seconds``, and on rank 0 the cache
+        :meth:`~s2s2_monai.stack.cache.StackCache.info` fields (``digest``, ``qc_pass_rate``, ...).
+    """
+    from s2s2_monai.data.slices import VolumeCache
+
+    if int(n) < 1:
+        raise S2S2InputError(None, f"--n must be >= 1, got {n}", "ask for at least one member per mask")
+    if int(batch_size) < 1:
+        raise S2S2InputError(None, f"--batch-size must be >= 1, got {batch_size}", "use a positive batch size")
+    t0 = time.perf_counter()
+    rank, world, local_rank, init_here = _init_distributed()
+    try:
+        volumes = datalist if isinstance(datalist, VolumeCache) else VolumeCache(datalist, "training", data_root, progress=progress and rank == 0)
+        if not volumes.cases:
+            raise S2S2InputError(volumes.datalist.path, "datalist has no 'training' entries", "list the training cases whose masks get stacks")
+        device = f"cuda:{local_rank}" if world > 1 and _cuda() else None
+        gen = make_generator(generator, volumes, sd_dir, controlnet_dir, resolution, batch_size, device)
+        bounds = QualityBounds.fit_volumes(volumes) if qc else None
+        spec = {"generator": gen.name, "settings": gen.settings(), "n": int(n), "seed": int(seed), "qc": bounds.to_dict() if bounds else None}
+        try:
+            canonical_json(spec)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"generator {gen.name!r} settings are not JSON-serialisable: {exc}") from None
+        slices, jobs = slice_jobs(volumes, spec)
+        modality = volumes.datalist.modality
+        unit = UnitIntensity.for_modality(modality)
+        cache = StackCache(out_dir)
+        if rank == 0:
+            cache.clean_temp()
+            cache.write_manifest(
+                {
+                    **spec,
+                    "label_map": volumes.datalist.label_map.name,
+                    "modality": modality,
+                    "unit": [unit.lo, unit.hi],
+                    "datalist": str(volumes.datalist.path),
+                    "slices": slices,
+                }
+            )
+        _barrier(world)
+        keys = sorted(jobs)[rank::world]
+        todo, skipped, rebuilt = [], 0, 0
+        for key in tqdm(keys, desc="checking stack", disable=not progress or rank != 0 or not keys, unit="entry", leave=False):
+            status = cache.check_entry(key, full=verify_existing)
+            if status == "ok":
+                skipped += 1
+                continue
+            if status == "corrupt":
+                cache.remove_entry(key)
+                rebuilt += 1
+            todo.append(key)
+        # batch masks of the same shape together (cases may differ in size)
+        todo.sort(key=lambda k: (volumes.cases[jobs[k]["case"]].label.shape[:2], k))
+        bar = tqdm(total=len(todo), desc=f"stack {gen.name}", disable=not progress or rank != 0, unit="mask")
+        i = 0
+        while i < len(todo):
+            shape = volumes.cases[jobs[todo[i]]["case"]].label.shape[:2]
+            batch = [todo[i]]
+            while len(batch) < batch_size and i + len(batch) < len(todo) and volumes.cases[jobs[todo[i + len(batch)]]["case"]].label.shape[:2] == shape:
+                batch.append(todo[i + len(batch)])
+            i += len(batch)
+            _generate_batch(gen, cache, volumes, jobs, batch, int(n), bounds)
+            bar.update(len(batch))
+        bar.close()
+        _barrier(world)
+        summary = {
+            "out_dir": str(out_dir),
+            "generator": gen.name,
+            "slices": len(slices),
+            "entries": len(jobs),
+            "generated": len(todo),
+            "skipped": skipped,
+            "rebuilt": rebuilt,
+            "rank": rank,
+            "world_size": world,
+        }
+        if rank == 0:
+            info = cache.info(full=True)
+            if not info["complete"]:
+                raise RuntimeError(f"stack cache {out_dir} incomplete after build: {len(info['missing'])} missing, {len(info['corrupt'])} corrupt entries")
+            sheet = write_contact_sheet(cache, volumes, Path(out_dir) / "contact_sheet.png") if contact_sheet else None
+            summary.update({k: info[k] for k in ("members", "bytes_on_disk", "bytes_per_member", "bytes_per_pixel", "qc_pass_rate", "qc_flagged", "digest")})
+            summary["contact_sheet"] = str(sheet) if sheet else None
+        _barrier(world)
+        summary["seconds"] = round(time.perf_counter() - t0, 3)
+        return summary
+    finally:
+        if init_here:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _generate_batch(gen: StackGenerator, cache: StackCache, volumes, jobs: dict, batch: list[str], n: int, bounds: QualityBounds | None) -> None:
+    """Generate, check, quantise and store the entries of one batch of same-shape masks."""
+    masks = np.stack([volumes.cases[jobs[k]["case"]].label[:, :, jobs[k]["z"]] for k in batch]).astype(np.uint8)
+    prompts = [jobs[k]["prompt"] for k in batch]
+    seeds = [jobs[k]["seed"] for k in batch]
+    images = np.asarray(gen.generate(masks, prompts, seeds, n))
+    if images.shape != (len(batch), n, *masks.shape[1:]):
+        raise ValueError(f"generator {gen.name!r} returned shape {images.shape}, expected {(len(batch), n, *masks.shape[1:])} (stacks must be aligned with the masks)")
+    for b, key in enumerate(batch):
+        imgs, records = images[b], None
+        if bounds is not None:
+            imgs, records = check_and_regenerate(gen, masks[b], prompts[b], seeds[b], imgs, bounds)
+        job = jobs[key]
+        meta = {"generator": gen.name, "prompt": job["prompt"], "seed": job["seed"], "mask_sha256": job["mask_sha256"], "qc": records}
+        cache.write_entry(key, to_uint8(imgs), meta)

@@ -1,0 +1,106 @@
+"""CLI commands of the stack: ``stack build``, ``stack info``, ``stack verify``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+__all__ = ["register", "format_info"]
+
+
+def format_info(info: dict) -> str:
+    """Human-readable summary of :meth:`StackCache.info`."""
+    qc = "n/a" if info["qc_pass_rate"] is None else f"{100 * info['qc_pass_rate']:.1f}% ({info['qc_flagged']} flagged)"
+    lines = [
+        f"stack cache      {info['root']}",
+        f"generator        {info['generator']} (settings {info['settings_digest'][:12]}, n={info['n']}, seed={info['seed']})",
+        f"slices           {info['slices']}",
+        f"entries          {info['present']}/{info['entries']} present, {len(info['missing'])} missing, {len(info['corrupt'])} corrupt, {info['orphans']} orphaned",
+        f"members          {info['members']}",
+        f"bytes on disk    {info['bytes_on_disk']:,} ({info['bytes_per_member']:,.0f} B/member, {info['bytes_per_pixel']:.3f} B/pixel)",
+        f"QC pass rate     {qc}",
+        f"temp files       {info['temp_files']}",
+        f"checksums        {'all verified' if info['verified'] else 'headers and sizes only (run `s2s2 stack verify`)'}",
+        f"digest           {info['digest'] or '(incomplete)'}",
+    ]
+    return "\n".join(lines)
+
+
+def _build(args: argparse.Namespace) -> int:
+    from s2s2_monai.stack.build import build_stack
+
+    summary = build_stack(
+        args.datalist,
+        args.out,
+        generator=args.generator,
+        n=args.n,
+        seed=args.seed,
+        data_root=args.data_root,
+        batch_size=args.batch_size,
+        sd_dir=args.sd_dir,
+        controlnet_dir=args.controlnet_dir,
+        resolution=args.resolution,
+        progress=not args.no_progress,
+        qc=not args.no_qc,
+    )
+    if summary["rank"] == 0:
+        print(
+            f"stack {args.out}: {summary['entries']} entries for {summary['slices']} slices "
+            f"({summary['generated']} generated, {summary['skipped']} reused, {summary['rebuilt']} rebuilt) "
+            f"in {summary['seconds']:.1f} s; digest {summary['digest']}"
+        )
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    from s2s2_monai.stack.cache import StackCache
+
+    info = StackCache(args.dir).info(full=args.full)
+    print(json.dumps(info, indent=1) if args.json else format_info(info))
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from s2s2_monai.stack.cache import StackCache
+
+    info = StackCache(args.dir).verify()
+    bad = len(info["missing"]) + len(info["corrupt"])
+    if bad:
+        for key in info["corrupt"]:
+            print(f"corrupt: {key}")
+        for key in info["missing"]:
+            print(f"missing: {key}")
+        print(f"FAILED: {len(info['corrupt'])} corrupt, {len(info['missing'])} missing of {info['entries']} entries; re-run `s2s2 stack build` to rebuild them")
+        return 1
+    print(f"OK: {info['entries']} entries, {info['members']} members verified; digest {info['digest']}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    stack = sub.add_parser("stack", help="build and inspect semantic stack caches")
+    ssub = stack.add_subparsers(dest="stack_command", required=True, metavar="ACTION")
+
+    p = ssub.add_parser("build", help="generate the stacks of every training slice (resumable; run under torchrun to shard)")
+    p.add_argument("--datalist", required=True, help="datalist JSON (its 'training' section)")
+    p.add_argument("--generator", choices=("appearance", "diffusion"), default="appearance", help="diffusion = SD + ControlNet (the paper); appearance = weight-free substitute")
+    p.add_argument("--n", type=int, default=16, help="members per mask (default 16)")
+    p.add_argument("--out", required=True, help="cache folder")
+    p.add_argument("--data-root", default=None, help="root of relative datalist paths")
+    p.add_argument("--sd-dir", default=None, help="Stable Diffusion folder (diffusers layout), for --generator diffusion")
+    p.add_argument("--controlnet-dir", default=None, help="fine-tuned ControlNet folder, for --generator diffusion")
+    p.add_argument("--seed", type=int, default=0, help="global seed (default 0)")
+    p.add_argument("--resolution", type=int, default=None, help="diffusion generation resolution (default 512); stacks are stored at the slice grid")
+    p.add_argument("--batch-size", type=int, default=8, help="masks per generator call (default 8)")
+    p.add_argument("--no-qc", action="store_true", help="skip the per-organ intensity quality check")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=_build)
+
+    p = ssub.add_parser("info", help="entries, members, bytes, missing/corrupt, QC pass rate and digest of a cache")
+    p.add_argument("dir", help="cache folder")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--full", action="store_true", help="verify every checksum (as `stack verify`)")
+    p.set_defaults(func=_info)
+
+    p = ssub.add_parser("verify", help="check every member checksum; exit 1 on missing or corrupt entries")
+    p.add_argument("dir", help="cache folder")
+    p.set_defaults(func=_verify)
