@@ -7,6 +7,7 @@ serves views into those arrays, so random slice access never reloads a file.
 
 from __future__ import annotations
 
+import ctypes
 import os
 from collections.abc import Callable, Sequence
 
@@ -30,6 +31,15 @@ def intensity_for(modality: str) -> Callable:
     if modality in ("MR", "MRI"):
         return MRINormalize(99.5)
     raise ValueError(f"unknown modality {modality!r}; use 'CT' or 'MRI'")
+
+
+def _release_free_heap() -> None:
+    """Hand the loaders' freed temporaries back to the OS (glibc keeps them otherwise, which
+    inflates resident memory ~1.7x over the cached arrays); a no-op off glibc."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 class VolumeCache:
@@ -67,6 +77,7 @@ class VolumeCache:
             )
             for e in tqdm(self.entries, desc=f"loading {section}", disable=not progress, unit="case")
         ]
+        _release_free_heap()
 
     def __len__(self) -> int:
         return len(self.cases)
