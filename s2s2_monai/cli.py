@@ -13,6 +13,7 @@ __all__ = ["main", "build_parser"]
 #: Modules with a ``register(subparsers)`` function, one per concept.
 COMMAND_MODULES = [
     "s2s2_monai.data.commands",
+    "s2s2_monai.evaluation.commands",
     "s2s2_monai.stack.commands",
     "s2s2_monai.stack.controlnet_commands",
 ]

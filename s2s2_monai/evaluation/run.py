@@ -1,0 +1,150 @@
+"""End-to-end evaluations: prediction folders vs labels (the CLI) and a network on a datalist (the bundle).
+
+Both validate all inputs before writing anything, score every case with one
+:class:`~s2s2_monai.evaluation.evaluator.VolumeEvaluator` and write one report with
+:func:`~s2s2_monai.evaluation.report.write_report`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from s2s2_monai.data.label_maps import LabelMap, get_label_map
+from s2s2_monai.errors import S2S2InputError
+from s2s2_monai.evaluation.evaluator import VolumeEvaluator
+from s2s2_monai.evaluation.metrics import DEFAULT_HD95
+from s2s2_monai.evaluation.report import write_report
+
+__all__ = ["evaluate_folders", "evaluate_datalist", "numbered_label_map"]
+
+
+def numbered_label_map(num_classes: int) -> LabelMap:
+    """A label map ``class_1 .. class_{K-1}`` for ``--num-classes K`` (K counts the background)."""
+    if num_classes < 2:
+        raise S2S2InputError(None, f"--num-classes must be >= 2 (background + 1 class), got {num_classes}", "count the background too")
+    return LabelMap(name=f"numbered_{num_classes}", classes={i: f"class_{i}" for i in range(1, num_classes)}, modality="CT", anatomy="scan")
+
+
+def evaluate_folders(
+    pred_dirs: Mapping[str, str | os.PathLike],
+    label_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    label_map: LabelMap | str = "synapse",
+    hd95: str = DEFAULT_HD95,
+    legacy_transunet: bool = False,
+    image_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+    n_boot: int = 10000,
+    seed: int = 0,
+) -> dict:
+    """Score prediction folders (one per method) against a label folder and write the report.
+
+    Args:
+        pred_dirs: ``{method name: folder of .nii/.nii.gz predictions}``, matched to labels by file name.
+        label_dir: folder of ground-truth label files.
+        out_dir: report folder.
+        label_map: :class:`LabelMap` or registry name; ids outside it are an error.
+        hd95: HD95 definition name.
+        legacy_transunet: TransUNet protocol (voxel units, its empty rule).
+        image_dir: optional images (same names) shown under the worst-slice overlays.
+        progress: progress bar over cases.
+
+    Returns:
+        The summary written to ``summary.json``.
+    """
+    from s2s2_monai.data.volumes import load_volume, spacing_of
+    from s2s2_monai.evaluation.folders import find_pairs, load_pair
+
+    lm = get_label_map(label_map) if isinstance(label_map, str) else label_map
+    pairs = find_pairs(dict(pred_dirs), label_dir)
+    ev = VolumeEvaluator(lm.classes, hd95=hd95, legacy_transunet=legacy_transunet, label_map=lm.name)
+    for pair in tqdm(pairs, desc="evaluating", unit="case", disable=not progress):
+        pred, gt, affine = load_pair(pair.pred_path, pair.label_path, lm.valid_ids())
+        image = None
+        if image_dir is not None:
+            found = [Path(image_dir) / (pair.case + s) for s in (".nii.gz", ".nii")]
+            found = [p for p in found if p.exists()]
+            if found:
+                image = load_volume(found[0])
+                if tuple(image.shape[1:]) != tuple(pred.shape):
+                    raise S2S2InputError(found[0], f"image grid {tuple(image.shape[1:])} differs from prediction grid {tuple(pred.shape)}", "give the images the predictions were made from")
+        ev.add(pair.case, pred, gt, spacing_of(affine), method=pair.method, image=image)
+    return write_report(out_dir, ev, n_boot=n_boot, seed=seed)
+
+
+def evaluate_datalist(
+    network: torch.nn.Module,
+    datalist,
+    section: str,
+    out_dir: str | os.PathLike,
+    input_size: Sequence[int] | None = None,
+    label_map: LabelMap | str | None = None,
+    hd95: str = DEFAULT_HD95,
+    device: torch.device | str | None = None,
+    batch_size: int = 32,
+    legacy_transunet: bool = False,
+    data_root: str | os.PathLike | None = None,
+    write_predictions: bool = True,
+    method: str = "prediction",
+    progress: bool = True,
+) -> dict:
+    """Segment every case of a datalist section with ``network`` and write predictions + report.
+
+    Predictions go to ``out_dir/predictions/<case>.nii.gz`` in each input image's own geometry
+    (affine and axis order of the file as stored); the report (``metrics.csv``, ``summary.json``,
+    ``report.html``) covers the labelled cases.
+
+    Args:
+        network: 2D segmentation network (B, 1, H, W) -> (B, C, H, W).
+        datalist: :class:`~s2s2_monai.data.datalist.Datalist` or its JSON path.
+        section: ``"validation"``, ``"test"``, ...
+        out_dir: output folder.
+        input_size: network input (H, W); slices are resized to it and back (224 in legacy mode).
+        label_map: defaults to the datalist's.
+        hd95: HD95 definition name.
+        device: where the network runs (default: its device).
+        batch_size: slices per forward pass.
+        legacy_transunet: TransUNet's inference (cubic zoom) and metrics.
+        data_root: root of relative datalist paths.
+        write_predictions: also write the NIfTI predictions.
+        method: method name in the report.
+
+    Returns:
+        The summary written to ``summary.json``.
+    """
+    from s2s2_monai.data.datalist import Datalist, load_datalist
+    from s2s2_monai.data.slices import intensity_for
+    from s2s2_monai.data.volumes import case_id_of, load_case, save_nifti_atomic, to_source_orientation
+    from s2s2_monai.evaluation.inference import predict_volume
+    from s2s2_monai.evaluation.legacy import LEGACY_INPUT_SIZE, legacy_predict_volume
+    from s2s2_monai.transforms import RemapLabels
+
+    dl = datalist if isinstance(datalist, Datalist) else load_datalist(datalist, data_root)
+    entries = dl.items(section)
+    if not entries:
+        raise S2S2InputError(dl.path, f"datalist has no entries in section {section!r}", "choose a section with cases (training/validation/test)")
+    lm = dl.label_map if label_map is None else (get_label_map(label_map) if isinstance(label_map, str) else label_map)
+    intensity = intensity_for(dl.modality)
+    remap = RemapLabels(dl.label_remap) if dl.label_remap else None
+    ev = VolumeEvaluator(lm.classes, hd95=hd95, legacy_transunet=legacy_transunet, label_map=lm.name)
+    out_dir = Path(out_dir)
+    for entry in tqdm(entries, desc=f"evaluating {section}", unit="case", disable=not progress):
+        case = load_case(entry["image"], entry.get("label"), intensity=intensity, remap=remap, valid_label_ids=dl.valid_label_ids(), case_id=entry.get("case_id") or case_id_of(entry["image"]))
+        if legacy_transunet:
+            pred = legacy_predict_volume(network, case.image, input_size=input_size or LEGACY_INPUT_SIZE, batch_size=batch_size, device=device)
+        else:
+            pred = predict_volume(network, case.image, input_size=input_size, batch_size=batch_size, device=device)
+        if case.label is not None:
+            ev.add(case.case_id, pred, case.label, case.spacing, method=method, image=case.image)
+        if write_predictions:
+            arr = to_source_orientation(pred.to(torch.uint8 if lm.num_classes <= 256 else torch.int16), case.affine, case.source_affine)
+            save_nifti_atomic(arr.cpu().numpy(), case.source_affine, out_dir / "predictions" / f"{case.case_id}.nii.gz")
+    if not ev.rows:
+        raise S2S2InputError(dl.path, f"no case of section {section!r} has a label, so nothing can be scored", "add 'label' entries or evaluate another section")
+    return write_report(out_dir, ev)
