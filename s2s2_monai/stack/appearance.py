@@ -42,14 +42,14 @@ PERI_ORGAN = 255
 
 
 def with_peri_organ_band(mask: np.ndarray, band_fraction: float = 0.03) -> np.ndarray:
-    """Relabel background within ``band_fraction`` x max(H, W) pixels of an organ as :data:`PERI_ORGAN`.
+    """Relabel background within max(3, ``band_fraction`` x max(H, W)) pixels of an organ as :data:`PERI_ORGAN`.
 
     Background in CT/MR mixes air, fat and soft tissue; the pixels right around the organs are
     tissue. Modelling them apart keeps small organs from being blurred into an air-grey mean.
     """
     mask = np.asarray(mask, dtype=np.uint8)
     fg = mask > 0
-    width = max(1.0, band_fraction * max(mask.shape))
+    width = max(3.0, band_fraction * max(mask.shape))
     if band_fraction <= 0 or not fg.any() or fg.all():
         return mask
     dist = distance_transform_edt(~fg)

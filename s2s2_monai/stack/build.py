@@ -100,6 +100,12 @@ def make_generator(
     raise S2S2InputError(None, f"unknown stack generator {generator!r}", "use 'appearance' or 'diffusion'")
 
 
+def _require_labels(volumes) -> None:
+    for case in volumes.cases:
+        if case.label is None:
+            raise S2S2InputError(case.image_path, "training case has no label; a semantic stack is generated from masks", "add a 'label' to every training entry of the datalist")
+
+
 def slice_jobs(volumes, spec: dict) -> tuple[list[list], dict[str, dict]]:
     """The slice index and the distinct jobs of a :class:`~s2s2_monai.data.slices.VolumeCache`.
 
@@ -108,10 +114,9 @@ def slice_jobs(volumes, spec: dict) -> tuple[list[list], dict[str, dict]]:
         ``{key: {"case": i, "z": z, "mask_sha256", "prompt", "seed"}}`` (first slice of each key).
     """
     label_map = volumes.datalist.label_map
+    _require_labels(volumes)
     slices, jobs = [], {}
     for ci, case in enumerate(volumes.cases):
-        if case.label is None:
-            raise S2S2InputError(case.image_path, "training case has no label; a semantic stack is generated from masks", "add a 'label' to every training entry of the datalist")
         for z in range(case.num_slices):
             mask = case.label[:, :, z]
             digest = mask_digest(mask)
@@ -216,6 +221,7 @@ def build_stack(
         volumes = datalist if isinstance(datalist, VolumeCache) else VolumeCache(datalist, "training", data_root, progress=progress and rank == 0)
         if not volumes.cases:
             raise S2S2InputError(volumes.datalist.path, "datalist has no 'training' entries", "list the training cases whose masks get stacks")
+        _require_labels(volumes)
         device = f"cuda:{local_rank}" if world > 1 and _cuda() else None
         gen = make_generator(generator, volumes, sd_dir, controlnet_dir, resolution, batch_size, device)
         bounds = QualityBounds.fit_volumes(volumes) if qc else None

@@ -156,7 +156,7 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
+def atomic_write_bytes(path: Path, data: bytes, fault: str | None = None) -> None:
     """Write ``data`` to ``path`` via a fsynced temporary file and ``os.replace``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{_TMP_PREFIX}{path.name}.{os.getpid()}")
@@ -165,7 +165,8 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
-        _fault_point("tmp")
+        if fault:
+            _fault_point(fault)
         os.replace(tmp, path)
     finally:
         if tmp.exists():
@@ -179,8 +180,9 @@ _FAULT_COUNTS: dict[str, int] = {}
 def _fault_point(name: str) -> None:
     """Test hook: ``S2S2_STACK_KILL_AT="tmp:3"`` SIGKILLs this process at the 3rd ``tmp`` point.
 
-    Used by the tests to simulate ``kill -9`` at chosen moments of a build (after a temporary
-    file is written but before it is renamed, or right after an entry is complete).
+    Used by the tests to simulate ``kill -9`` at chosen moments of a build: ``tmp`` = after an
+    entry's temporary file is written and fsynced but before its rename, ``entry`` = right after
+    an entry is complete.
     """
     spec = os.environ.get("S2S2_STACK_KILL_AT")
     if not spec:
@@ -265,7 +267,7 @@ class StackCache:
         hbytes = canonical_json(header).encode()
         blob = b"".join([MAGIC, _PREFIX.pack(len(hbytes)), hashlib.sha256(hbytes).digest(), hbytes, *chunks])
         path = self.entry_path(key)
-        atomic_write_bytes(path, blob)
+        atomic_write_bytes(path, blob, fault="tmp")
         self._headers.pop(key, None)
         _fault_point("entry")
         return path

@@ -83,7 +83,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = ssub.add_parser("build", help="generate the stacks of every training slice (resumable; run under torchrun to shard)")
     p.add_argument("--datalist", required=True, help="datalist JSON (its 'training' section)")
     p.add_argument("--generator", choices=("appearance", "diffusion"), default="appearance", help="diffusion = SD + ControlNet (the paper); appearance = weight-free substitute")
-    p.add_argument("--n", type=int, default=16, help="members per mask (default 16)")
+    p.add_argument("--n", "--members", dest="n", type=int, default=16, help="members per mask (default 16); under torchrun write --members (torchrun's own parser mistakes --n for a prefix of its options)")
     p.add_argument("--out", required=True, help="cache folder")
     p.add_argument("--data-root", default=None, help="root of relative datalist paths")
     p.add_argument("--sd-dir", default=None, help="Stable Diffusion folder (diffusers layout), for --generator diffusion")
