@@ -131,13 +131,16 @@ def surfel_area_table(spacing: Sequence[float], device: torch.device | str | Non
     return torch.linalg.norm(normals * scale, dim=-1).sum(-1).to(device)
 
 
-def nearest_distances(src: torch.Tensor, dst: torch.Tensor, spacing: Sequence[float], chunk_bytes: int = 1 << 28) -> torch.Tensor:
+def nearest_distances(
+    src: torch.Tensor, dst: torch.Tensor, spacing: Sequence[float], chunk_bytes: int = 1 << 28, backend: str | None = None
+) -> torch.Tensor:
     """Euclidean distance (mm, float64) from each voxel index in ``src`` to the nearest one in ``dst``.
 
     Args:
         src / dst: integer (N, 3) / (M, 3) voxel indices on one device; ``dst`` non-empty.
         spacing: voxel size in mm per axis.
         chunk_bytes: memory of one distance block on a GPU.
+        backend: ``"kdtree"`` or ``"torch"``; default KD-tree on CPU, torch elsewhere.
 
     The nearest point comes from ``scipy.spatial.cKDTree`` on CPU and from blocks of exact
     pairwise distances (``torch.cdist`` without the matrix-product shortcut) elsewhere; the
@@ -149,11 +152,12 @@ def nearest_distances(src: torch.Tensor, dst: torch.Tensor, spacing: Sequence[fl
     scale = torch.as_tensor([float(v) for v in spacing], dtype=torch.float64, device=src.device)
     a = src.to(torch.float64) * scale
     b = dst.to(torch.float64) * scale
-    if src.device.type == "cpu":
+    backend = backend or ("kdtree" if src.device.type == "cpu" else "torch")
+    if backend == "kdtree":
         from scipy.spatial import cKDTree
 
-        _, idx = cKDTree(b.numpy(), leafsize=32, balanced_tree=False, compact_nodes=False).query(a.numpy(), k=1)
-        nearest = torch.from_numpy(np.asarray(idx, dtype=np.int64))
+        _, idx = cKDTree(b.cpu().numpy(), leafsize=32, balanced_tree=False, compact_nodes=False).query(a.cpu().numpy(), k=1)
+        nearest = torch.from_numpy(np.asarray(idx, dtype=np.int64)).to(src.device)
     else:
         rows = max(1, chunk_bytes // (8 * max(1, b.shape[0])))
         nearest = torch.cat(
