@@ -1,0 +1,154 @@
+"""Cooperative training as a MONAI :class:`~monai.engines.SupervisedTrainer`.
+
+:class:`CooperativeTrainer` keeps MONAI's iteration (``prepare_batch``, AMP, gradient
+accumulation, ``IterationEvents``, one backward pass) and swaps in an inferer that runs the FTN
+on the noisy image and a loss that adds the STN, reconstruction and hard-example terms of
+:func:`~s2s2_monai.cooperative.losses.cooperative_loss`. ``loss_function`` is the segmentation
+loss of every segmentation/shape term (cross-entropy upstream; see
+:func:`~s2s2_monai.cooperative.losses.label_ce`).
+
+S2S2 combination: when the batch holds a stack member ``image_stack`` (x1) and ``use_stack`` is
+on, the FTN also runs on x1 and the step adds ``Lseg(FTN(x1), y) + alpha_enc * D(z_s(x0), z_s(x1))
++ alpha_dec * D(f(x0), f(x1))`` with ``f`` the segmentation decoder's pre-head features and
+``D = 1 - cos`` over channels (:func:`s2s2_monai.training.consistency.consistency_distance`).
+
+``engine.state.output`` holds ``pred`` (FTN logits of the noisy x0), ``loss`` and every detached
+term as ``loss_<term>`` (log them with ``s2s2_monai.training.handlers.loss_terms``), plus
+``mask_kind``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+from monai.engines import SupervisedTrainer
+from monai.inferers import Inferer
+
+from s2s2_monai.cooperative.losses import cooperative_loss, ftn_pass, label_ce
+from s2s2_monai.cooperative.masks import MASK_KINDS, LatentMasker
+from s2s2_monai.cooperative.networks import CooperativeNet
+from s2s2_monai.training.consistency import consistency_distance
+from s2s2_monai.training.taps import unwrap_network
+
+__all__ = ["CooperativeTrainer", "cooperative_network"]
+
+
+def cooperative_network(network: torch.nn.Module) -> CooperativeNet:
+    """The :class:`CooperativeNet` inside DDP / ``torch.compile`` wrappers (``TypeError`` otherwise)."""
+    net = unwrap_network(network)
+    if not isinstance(net, CooperativeNet):
+        raise TypeError(f"cooperative training needs a s2s2_monai.cooperative.CooperativeNet, got {type(net).__name__}")
+    return net
+
+
+class _FTNInferer(Inferer):
+    """Runs the FTN on the noisy input (and on x1 when there is one); keeps the passes for the loss."""
+
+    def __init__(self, trainer: CooperativeTrainer) -> None:
+        super().__init__()
+        self.trainer = trainer
+
+    def __call__(self, inputs: torch.Tensor, network: Callable, *args: Any, **kwargs: Any) -> torch.Tensor:
+        t = self.trainer
+        net = cooperative_network(network)
+        t._clean = inputs
+        t._noisy = inputs + t.input_noise * torch.randn_like(inputs) if t.input_noise > 0 else inputs
+        t._ftn = ftn_pass(net, t._noisy)
+        return t._ftn["logits"]
+
+
+class _CooperativeLoss:
+    """All cooperative terms (+ S2S2 terms with a stack member); records them in ``state.output``."""
+
+    def __init__(self, base: Callable, trainer: CooperativeTrainer) -> None:
+        self.base = base
+        self.trainer = trainer
+
+    def __call__(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        t = self.trainer
+        net = cooperative_network(t.network)
+        seg_loss = lambda p, y: self.base(p, y).mean()  # noqa: E731
+        total, terms, ftn = cooperative_loss(
+            net, t._clean, target, seg_loss, t.masker, t.input_noise, t.recon_weight, net_input=t._noisy, ftn=t._ftn
+        )
+        if t._stack_batch is not None:
+            other = ftn_pass(net, t._stack_batch)
+            seg_stack = seg_loss(other["logits"], target)
+            enc = consistency_distance(ftn["z_s"], other["z_s"], 1)
+            dec = consistency_distance(ftn["feat"], other["feat"], 1)
+            total = total + seg_stack + t.alpha_enc * enc + t.alpha_dec * dec
+            terms.update(loss_seg_stack=seg_stack.detach(), loss_enc=enc.detach(), loss_dec=dec.detach())
+        out = t.state.output
+        out.update(terms)
+        out["mask_kind"] = ftn.get("kind")
+        return total
+
+
+class CooperativeTrainer(SupervisedTrainer):
+    """:class:`~monai.engines.SupervisedTrainer` for FTN + STN cooperative training with latent masks.
+
+    Takes every argument of ``SupervisedTrainer`` (``network`` must be a
+    :class:`~s2s2_monai.cooperative.networks.CooperativeNet`; ``loss_function`` defaults to
+    cross-entropy) plus:
+
+    Args:
+        latent_da: add the hard-example terms (latent-space augmentation).
+        mask_kinds: pool of mask kinds, one drawn per step.
+        max_p: targeted masks mask the top ``p ~ U(0, max_p)`` channels / locations.
+        soft: soft masks (factor ``U(0, 0.5)``) instead of zeros.
+        dropout_p: rate of the random channel dropout.
+        mask_seed: seed of the masker's generator.
+        input_noise: std of the Gaussian noise on the FTN input.
+        recon_weight: weight of the reconstruction MSE.
+        use_stack: add the S2S2 terms when the batch has ``stack_key``.
+        stack_key: batch key of the stack member x1.
+        alpha_enc: weight of the shape-code consistency term.
+        alpha_dec: weight of the decoder-feature consistency term.
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        loss_function: Callable | None = None,
+        latent_da: bool = True,
+        mask_kinds: tuple[str, ...] | list[str] = MASK_KINDS,
+        max_p: float = 0.5,
+        soft: bool = True,
+        dropout_p: float = 0.5,
+        mask_seed: int | None = 0,
+        input_noise: float = 0.05,
+        recon_weight: float = 0.5,
+        use_stack: bool = False,
+        stack_key: str = "image_stack",
+        alpha_enc: float = 1.0,
+        alpha_dec: float = 1.0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, loss_function=loss_function or label_ce, **kwargs)
+        cooperative_network(self.network)
+        self.masker = LatentMasker(mask_kinds, max_p, soft, dropout_p, mask_seed) if latent_da else None
+        self.input_noise = float(input_noise)
+        self.recon_weight = float(recon_weight)
+        self.use_stack = bool(use_stack)
+        self.stack_key = stack_key
+        self.alpha_enc = float(alpha_enc)
+        self.alpha_dec = float(alpha_dec)
+        self._clean: torch.Tensor | None = None
+        self._noisy: torch.Tensor | None = None
+        self._ftn: dict | None = None
+        self._stack_batch: torch.Tensor | None = None
+        self.inferer = _FTNInferer(self)
+        self.loss_function = _CooperativeLoss(self.loss_function, self)
+
+    def _iteration(self, engine: SupervisedTrainer, batchdata: dict[str, torch.Tensor]) -> dict:
+        stack = batchdata.get(self.stack_key) if isinstance(batchdata, Mapping) and self.use_stack else None
+        if stack is not None:
+            stack = torch.as_tensor(stack).to(engine.state.device, non_blocking=engine.non_blocking, **engine.to_kwargs)
+        self._stack_batch = stack
+        try:
+            out = super()._iteration(engine, batchdata)
+        finally:
+            self._clean = self._noisy = self._ftn = self._stack_batch = None
+        return out
