@@ -41,15 +41,15 @@ def test_codecs_round_trip_and_at_most_one_byte_per_pixel():
         codec, data = _encode(m)
         assert len(data) <= m.size  # never more than 1 byte per pixel
         np.testing.assert_array_equal(_decode(codec, data, m.shape), m)
-    assert _encode(members[0])[0] in ("zlib", "zdelta") and len(_encode(members[0])[1]) < members[0].size // 4
+    assert _encode(members[0])[0] in ("zstd", "zstd-delta") and len(_encode(members[0])[1]) < members[0].size // 4
     assert _encode(members[1])[0] == "raw"
-    # zdelta decodes the uint8 wrap-around correctly
-    ramp = (np.arange(600, dtype=np.int64).reshape(20, 30) * 7 % 256).astype(np.uint8)
-    delta = ramp.copy()
-    delta[:, 1:] = ramp[:, 1:] - ramp[:, :-1]
-    import zlib
-
-    np.testing.assert_array_equal(_decode("zdelta", zlib.compress(delta.tobytes()), ramp.shape), ramp)
+    # the delta codec is chosen for a wrapping ramp, and decodes the uint8 wrap-around correctly
+    ramp = (np.arange(6000, dtype=np.int64).reshape(60, 100) * 7 % 256).astype(np.uint8)
+    codec, data = _encode(ramp)
+    assert codec == "zstd-delta"
+    np.testing.assert_array_equal(_decode(codec, data, ramp.shape), ramp)
+    with pytest.raises(CorruptEntryError):
+        _decode("zstd", data[:-3], ramp.shape)
 
 
 def test_uint8_quantisation():
@@ -143,7 +143,7 @@ def test_info_digest_independent_of_order_and_temp_cleanup(tmp_path):
             cache.write_entry(k, stacks[k])
         info = cache.verify()
         assert info["complete"] and info["members"] == 12 and info["entries"] == 4
-        assert 0 < info["bytes_per_pixel"] <= 1.1
+        assert 0 < info["bytes_per_pixel"] <= 1.3  # 24x20 members: the header is a visible share
         digests.append(info["digest"])
     assert digests[0] == digests[1]
     cache = StackCache(tmp_path / "a")
