@@ -25,11 +25,12 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from s2s2_monai.cooperative.masks import LatentMasker, frozen
 from s2s2_monai.cooperative.networks import CooperativeNet
 
-__all__ = ["label_ce", "ftn_pass", "STANDARD_TERMS", "HARD_TERMS", "standard_terms", "hard_examples", "hard_terms", "cooperative_loss"]
+__all__ = ["label_ce", "LabelCELoss", "ftn_pass", "STANDARD_TERMS", "HARD_TERMS", "standard_terms", "hard_examples", "hard_terms", "cooperative_loss"]
 
 STANDARD_TERMS: tuple[str, ...] = ("seg", "recon", "shape_pred", "shape_gt")
 HARD_TERMS: tuple[str, ...] = ("hard_seg", "hard_recon", "hard_shape_pred", "hard_shape_corrupt")
@@ -42,6 +43,13 @@ def label_ce(logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
     target = label[:, 0] if label.ndim == logits.ndim else label
     target = target.round().long() if target.is_floating_point() else target.long()
     return F.cross_entropy(logits, target)
+
+
+class LabelCELoss(nn.Module):
+    """Module form of :func:`label_ce` (a bundle ``loss`` with a ``_target_``)."""
+
+    def forward(self, logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        return label_ce(logits, label)
 
 
 def ftn_pass(net: CooperativeNet, x: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -1,0 +1,290 @@
+"""Robustness evaluation: a network on clean and corrupted copies of a datalist section, one report.
+
+Every labelled case of the section is segmented clean and in ``copies`` seeded corrupted copies
+per corruption (:mod:`s2s2_monai.robustness.corruptions`), with the project's slice inference
+(:func:`~s2s2_monai.evaluation.inference.predict_volume`) and scored by the project's
+:class:`~s2s2_monai.evaluation.evaluator.VolumeEvaluator`. The output folder holds the standard
+evaluation report (``metrics.csv``, ``summary.json``, ``report.html``, ``figures/``: each
+corruption is a *method* next to ``clean``, its copies of a case averaged per case, and compared
+with ``clean`` case by case) plus:
+
+- ``robustness.csv``: one row per corruption x copy x case (seed, mean Dice, Dice per class);
+- ``robustness.json``: mean Dice per corruption next to the clean score, and the drop;
+- ``figures/robustness_dice.png``: the same as a plot, linked from a "Robustness" section of
+  ``report.html``.
+
+All files are staged in a temporary folder and moved in at the end (``report.html`` last).
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from s2s2_monai.errors import S2S2InputError
+from s2s2_monai.robustness.corruptions import CORRUPTIONS, copy_seed, corrupt_volume
+
+__all__ = ["ROBUSTNESS_FILES", "load_bundle_network", "robustness_evaluation"]
+
+ROBUSTNESS_FILES = ("robustness.csv", "robustness.json", "figures/robustness_dice.png")
+
+
+def _state_dict(obj) -> dict:
+    """Network weights from a MONAI/ignite checkpoint (``{"network": ...}``, ``{"model": ...}``) or a bare state dict."""
+    if isinstance(obj, torch.nn.Module):
+        return obj.state_dict()
+    if isinstance(obj, dict):
+        for key in ("network", "model", "state_dict"):
+            if key in obj and isinstance(obj[key], dict):
+                return obj[key]
+        if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+            return obj
+    raise ValueError("no network weights found (expected a state dict or a checkpoint with a 'network' or 'model' entry)")
+
+
+def load_bundle_network(
+    bundle_dir: str | os.PathLike,
+    ckpt: str | os.PathLike,
+    config_files: Sequence[str] | None = None,
+    overrides: dict | None = None,
+    device: torch.device | str = "cpu",
+) -> tuple[torch.nn.Module, dict]:
+    """Build ``network_def`` of a bundle and load a checkpoint into it.
+
+    Args:
+        bundle_dir: bundle folder.
+        ckpt: checkpoint file (``models/model.pt`` or an interval checkpoint ``checkpoint_epoch=N.pt``).
+        config_files: config files merged in order, relative to ``bundle_dir`` (default
+            ``inference.json`` when present, else ``train.json``); e.g.
+            ``["train.json", "cooperative.json"]`` for the cooperative method.
+        overrides: extra ``{id: value}`` settings.
+        device: where the network goes.
+
+    Returns:
+        ``(network in eval mode, {"input_size": ..., "label_map": ..., "hd95": ...})`` (settings the
+        bundle defines, ``None`` otherwise).
+    """
+    from monai.bundle import ConfigParser
+
+    bundle_dir = Path(bundle_dir)
+    if not bundle_dir.is_dir():
+        raise S2S2InputError(bundle_dir, "bundle folder not found", "pass --bundle bundles/synapse (the folder holding train.json)")
+    if not config_files:
+        config_files = ["inference.json"] if (bundle_dir / "inference.json").is_file() else ["train.json"]
+    paths = [Path(f) if Path(f).is_absolute() else bundle_dir / f for f in config_files]
+    for p in paths:
+        if not p.is_file():
+            raise S2S2InputError(p, "bundle config file not found", f"name config files that exist in {bundle_dir}")
+    ckpt = Path(ckpt)
+    if not ckpt.is_file():
+        raise S2S2InputError(ckpt, "checkpoint file not found", "pass the models/model.pt written by training")
+    parser = ConfigParser()
+    parser.read_config([str(p) for p in paths])
+    parser["bundle_root"] = str(bundle_dir)
+    for k, v in (overrides or {}).items():
+        parser[k] = v
+    if "network_def" not in parser:
+        raise S2S2InputError(paths[-1], "the bundle config has no 'network_def'", "use the bundle's train.json / inference.json")
+    network = parser.get_parsed_content("network_def", instantiate=True)
+    try:
+        state = _state_dict(torch.load(ckpt, map_location="cpu", weights_only=False))
+        network.load_state_dict(state)
+    except (ValueError, RuntimeError, KeyError) as exc:
+        first = " ".join(line.strip() for line in str(exc).strip().splitlines()[:2])[:300]
+        raise S2S2InputError(ckpt, f"checkpoint does not fit the bundle's network_def ({first})", "pass the config files and overrides the model was trained with (e.g. --config train.json --config cooperative.json --set cooperative_channels=[8,16,16,16,16])") from exc
+    network.to(device).eval()
+
+    def setting(key):
+        return parser.get_parsed_content(key) if key in parser else None
+
+    return network, {"input_size": setting("input_size"), "label_map": setting("label_map"), "hd95": setting("hd95")}
+
+
+def _json_safe(obj):
+    """NaN/inf -> None so that the JSON is standard."""
+    if isinstance(obj, float):
+        return obj if np.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
+def _mean_dice(metrics: dict) -> float:
+    vals = [m["dice"] for m in metrics.values() if np.isfinite(m["dice"])]
+    return float(np.mean(vals)) if vals else float("nan")
+
+
+def _plot(path: Path, clean: list[float], per_corruption: dict[str, list[float]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = ["clean", *per_corruption]
+    data = [np.asarray([v for v in vals if np.isfinite(v)]) for vals in [clean, *per_corruption.values()]]
+    fig, ax = plt.subplots(figsize=(1.4 * len(names) + 2, 3.6))
+    ax.boxplot([d if d.size else np.array([np.nan]) for d in data], showmeans=True)
+    ax.set_xticks(range(1, len(names) + 1), names)
+    ax.axhline(np.mean(data[0]) if data[0].size else np.nan, color="tab:green", linestyle="--", linewidth=1, label="clean mean")
+    ax.set_ylabel("mean Dice per case (copy)")
+    ax.set_ylim(0, 1)
+    ax.set_title("Dice per corruption vs clean")
+    ax.legend(loc="lower left", fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _html_section(table: dict, copies: int, seed: int) -> str:
+    e = html.escape
+    rows = [
+        "<h2>Robustness</h2>",
+        f"<p>Mean Dice (mean over cases of the per-case class mean) on clean volumes and on {copies} seeded "
+        f"corrupted copies per case and corruption (base seed {seed}); drop = corruption - clean. Corrupted "
+        "copies of a case are averaged per case in the tables above. Per copy: robustness.csv.</p>",
+        "<table><tr><th>set</th><th>mean Dice</th><th>std</th><th>drop vs clean</th><th>n</th></tr>",
+    ]
+    for name, r in table.items():
+        drop = "" if name == "clean" else f"{r['drop']:.4g}"
+        rows.append(f"<tr><td class='l'>{e(name)}</td><td>{r['mean_dice']:.4g}</td><td>{r['std']:.4g}</td><td>{drop}</td><td>{r['n']}</td></tr>")
+    rows.append("</table><img src='figures/robustness_dice.png' alt='Dice per corruption'>")
+    return "\n".join(rows)
+
+
+def robustness_evaluation(
+    network: torch.nn.Module,
+    datalist,
+    out_dir: str | os.PathLike,
+    section: str = "test",
+    corruptions: Sequence[str] | None = None,
+    copies: int = 3,
+    seed: int = 0,
+    input_size: Sequence[int] | None = None,
+    label_map=None,
+    hd95: str | None = None,
+    device: torch.device | str | None = None,
+    batch_size: int = 32,
+    data_root: str | os.PathLike | None = None,
+    n_boot: int = 10000,
+    progress: bool = True,
+) -> dict:
+    """Segment clean and corrupted copies of every labelled case of ``section`` and write the report.
+
+    Args:
+        network: 2D segmentation network (B, 1, H, W) -> logits (B, K, H, W).
+        datalist: :class:`~s2s2_monai.data.datalist.Datalist` or its JSON path.
+        out_dir: report folder.
+        section: datalist section (``"test"`` by default).
+        corruptions: names from :data:`~s2s2_monai.robustness.corruptions.CORRUPTIONS` (default all).
+        copies: corrupted copies per case and corruption.
+        seed: base seed (see :func:`~s2s2_monai.robustness.corruptions.copy_seed`).
+        input_size: network input (H, W); slices are resized to it and back.
+        label_map: default the datalist's.
+        hd95: HD95 definition (default the evaluation default).
+        device: where the network runs (default its device).
+        batch_size: slices per forward pass.
+        data_root: root of relative datalist paths.
+        n_boot: bootstrap resamples of the clean-vs-corruption comparisons.
+        progress: progress bar.
+
+    Returns:
+        ``{"summary": summary.json content, "robustness": robustness.json content}``.
+    """
+    from s2s2_monai.data.datalist import Datalist, load_datalist
+    from s2s2_monai.data.label_maps import get_label_map
+    from s2s2_monai.data.slices import intensity_for
+    from s2s2_monai.data.volumes import case_id_of, load_case
+    from s2s2_monai.evaluation.evaluator import VolumeEvaluator
+    from s2s2_monai.evaluation.inference import predict_volume
+    from s2s2_monai.evaluation.metrics import DEFAULT_HD95
+    from s2s2_monai.evaluation.report import write_report
+    from s2s2_monai.transforms import RemapLabels
+
+    corruptions = list(corruptions) if corruptions is not None else list(CORRUPTIONS)
+    unknown = [c for c in corruptions if c not in CORRUPTIONS]
+    if unknown or not corruptions:
+        raise S2S2InputError(None, f"unknown or no corruptions {unknown or corruptions}", f"choose from {', '.join(CORRUPTIONS)}")
+    if copies < 1:
+        raise S2S2InputError(None, f"copies must be >= 1, got {copies}", "use --copies 3 (the default)")
+    dl = datalist if isinstance(datalist, Datalist) else load_datalist(datalist, data_root)
+    entries = [e for e in dl.items(section) if e.get("label")]
+    if not entries:
+        raise S2S2InputError(dl.path, f"datalist has no labelled cases in section {section!r}", "choose a section with labelled cases (--section validation)")
+    lm = dl.label_map if label_map is None else (get_label_map(label_map) if isinstance(label_map, str) else label_map)
+    ev = VolumeEvaluator(lm.classes, hd95=hd95 or DEFAULT_HD95, label_map=lm.name)
+    intensity = intensity_for(dl.modality)
+    remap = RemapLabels(dl.label_remap) if dl.label_remap else None
+    rows: list[dict] = []
+    clean_scores: list[float] = []
+    scores: dict[str, list[float]] = {c: [] for c in corruptions}
+    total = len(entries) * (1 + len(corruptions) * copies)
+    bar = tqdm(total=total, desc=f"robustness {section}", unit="volume", disable=not progress)
+    for entry in entries:
+        case = load_case(entry["image"], entry["label"], intensity=intensity, remap=remap, valid_label_ids=dl.valid_label_ids(), case_id=entry.get("case_id") or case_id_of(entry["image"]))
+        pred = predict_volume(network, case.image, input_size=input_size, batch_size=batch_size, device=device)
+        clean_scores.append(_mean_dice(ev.add(case.case_id, pred, case.label, case.spacing, method="clean", image=case.image)))
+        bar.update()
+        for name in corruptions:
+            for k in range(copies):
+                s = copy_seed(seed, name, case.case_id, k)
+                image = corrupt_volume(case.image, name, s, case.spacing)
+                pred = predict_volume(network, image, input_size=input_size, batch_size=batch_size, device=device)
+                metrics = ev.add(case.case_id, pred, case.label, case.spacing, method=name, image=image)
+                scores[name].append(_mean_dice(metrics))
+                rows.append({"corruption": name, "copy": k, "seed": s, "case": case.case_id, "mean_dice": scores[name][-1], **{f"dice_{lm.name_of(c)}": metrics[c]["dice"] for c in lm.classes}})
+                bar.update()
+    bar.close()
+
+    def stats(vals):
+        a = np.asarray([v for v in vals if np.isfinite(v)], dtype=np.float64)
+        return {"mean_dice": float(a.mean()) if a.size else float("nan"), "std": float(a.std()) if a.size else float("nan"), "n": int(a.size)}
+
+    table = {"clean": stats(clean_scores)}
+    for name in corruptions:
+        table[name] = {**stats(scores[name]), "drop": stats(scores[name])["mean_dice"] - table["clean"]["mean_dice"]}
+    robustness = {
+        "section": section,
+        "copies": copies,
+        "seed": seed,
+        "corruptions": {n: {"torchio": CORRUPTIONS[n][0], "kwargs": CORRUPTIONS[n][1]} for n in corruptions},
+        "space": "network input space (after the CT window / MRI normalisation), min-max scaled to [0, 1] around the corruption",
+        "dice": table,
+    }
+
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.robustness", dir=out_dir.parent))
+    try:
+        summary = write_report(stage / "report", ev, n_boot=n_boot, seed=seed)
+        rep = stage / "report"
+        with open(rep / "robustness.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+        (rep / "robustness.json").write_text(json.dumps(_json_safe(robustness), indent=2, allow_nan=False))
+        _plot(rep / "figures" / "robustness_dice.png", clean_scores, scores)
+        page = (rep / "report.html").read_text()
+        cut = page.rfind("<h2>Per organ</h2>")
+        section_html = _html_section(table, copies, seed)
+        page = page[:cut] + section_html + "\n" + page[cut:] if cut >= 0 else page.replace("</body>", section_html + "</body>")
+        (rep / "report.html").write_text(page.replace("<title>s2s2 evaluation</title>", "<title>s2s2 robustness</title>", 1))
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if (out_dir / "figures").exists():
+            shutil.rmtree(out_dir / "figures")
+        for name in ("figures", "metrics.csv", "summary.json", "robustness.csv", "robustness.json", "report.html"):
+            os.replace(rep / name, out_dir / name)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return {"summary": summary, "robustness": _json_safe(robustness)}
