@@ -1,0 +1,150 @@
+"""Corruptions (deterministic per seed, really change the image) and the robustness report / CLI."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from s2s2_monai.errors import S2S2InputError
+from s2s2_monai.robustness import CORRUPTIONS, copy_seed, corrupt_volume, load_bundle_network, robustness_evaluation
+from s2s2_monai.robustness.corruptions import corruption_transform
+
+BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "synapse"
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _volume():
+    x, y, z = np.meshgrid(np.linspace(-1, 1, 32), np.linspace(-1, 1, 32), np.linspace(-1, 1, 8), indexing="ij")
+    return (0.2 + 0.6 * ((x**2 + y**2) < 0.5) + 0.1 * x).astype(np.float32)
+
+
+@pytest.mark.parametrize("name", list(CORRUPTIONS))
+def test_corruption_is_deterministic_per_seed_and_changes_the_image(name):
+    vol = _volume()
+    a = corrupt_volume(vol, name, seed=7, spacing=(2.0, 2.0, 3.0))
+    b = corrupt_volume(torch.from_numpy(vol)[None], name, seed=7, spacing=(2.0, 2.0, 3.0))
+    c = corrupt_volume(vol, name, seed=8, spacing=(2.0, 2.0, 3.0))
+    assert a.shape == vol.shape and a.dtype == np.float32
+    np.testing.assert_array_equal(a, b)  # same seed, same copy
+    assert np.abs(a - c).max() > 1e-3  # another seed, another copy
+    assert np.abs(a - vol).mean() > 0.005  # the image really changed
+    assert a.min() == pytest.approx(vol.min(), abs=1e-5) and a.max() == pytest.approx(vol.max(), abs=1e-5)  # input range kept
+
+
+def test_corruption_leaves_the_global_rng_alone_and_uses_upstream_settings():
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    corrupt_volume(_volume(), "motion", seed=1)
+    torch.testing.assert_close(torch.rand(3), expected)
+    import torchio as tio
+
+    motion = corruption_transform("motion")
+    assert isinstance(motion, tio.RandomMotion) and motion.degrees_range == (-30, 30) and motion.translation_range == (-10, 10)
+    assert isinstance(corruption_transform("bias_field"), tio.RandomBiasField)
+    assert isinstance(corruption_transform("ghosting"), tio.RandomGhosting)
+    assert isinstance(corruption_transform("spike"), tio.RandomSpike)
+    with pytest.raises(S2S2InputError, match="unknown corruption"):
+        corruption_transform("blur")
+
+
+def test_bias_field_is_smooth_and_multiplicative():
+    """The bias field scales intensities smoothly: on a constant volume the output varies slowly."""
+    vol = np.full((32, 32, 8), 0.5, dtype=np.float32)
+    vol[0, 0, 0] = 0.0  # keep a range for the min-max scaling
+    out = corrupt_volume(vol, "bias_field", seed=3)
+    inner = out[1:, 1:, 1:]
+    assert inner.std() > 1e-3
+    assert np.abs(np.diff(inner, axis=0)).max() < 0.2 * (inner.max() - inner.min() + 1e-6) + 0.05
+
+
+def test_copy_seed_is_stable_and_distinct():
+    s = copy_seed(0, "spike", "case_01", 2)
+    assert s == copy_seed(0, "spike", "case_01", 2) and 0 <= s < 2**31
+    assert len({copy_seed(0, n, "case_01", k) for n in CORRUPTIONS for k in range(3)}) == 12
+    assert copy_seed(1, "spike", "case_01", 2) != s
+
+
+class _ThresholdNet(torch.nn.Module):
+    """Fixed 'network': class 6 (liver id of no importance) where the image is bright, else background."""
+
+    def __init__(self, k=9):
+        super().__init__()
+        self.k = k
+        self.dummy = torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, x):
+        logits = torch.zeros(x.shape[0], self.k, *x.shape[2:])
+        logits[:, 5] = (x[:, 0] - 0.55) * 50
+        return logits
+
+
+def test_robustness_report_lists_every_corruption(tiny_demo, tmp_path):
+    out = tmp_path / "rob"
+    res = robustness_evaluation(_ThresholdNet(), tiny_demo, out, section="test", copies=2, seed=0, n_boot=50, progress=False)
+    names = ["clean", *CORRUPTIONS]
+    summary = json.loads((out / "summary.json").read_text())
+    assert list(summary["methods"]) == names
+    assert [c["method"] for c in summary["comparisons"]] == list(CORRUPTIONS)
+    rob = json.loads((out / "robustness.json").read_text())
+    assert list(rob["dice"]) == names and rob == res["robustness"]
+    rows = list(csv.DictReader(open(out / "robustness.csv")))
+    assert len(rows) == len(CORRUPTIONS) * 2 * 1  # corruptions x copies x test cases
+    assert {r["corruption"] for r in rows} == set(CORRUPTIONS) and {r["copy"] for r in rows} == {"0", "1"}
+    for name in CORRUPTIONS:  # the table's mean equals the mean of the copies
+        vals = [float(r["mean_dice"]) for r in rows if r["corruption"] == name]
+        assert rob["dice"][name]["mean_dice"] == pytest.approx(np.mean(vals))
+        assert rob["dice"][name]["drop"] == pytest.approx(np.mean(vals) - rob["dice"]["clean"]["mean_dice"])
+    page = (out / "report.html").read_text()
+    assert "<h2>Robustness</h2>" in page and "figures/robustness_dice.png" in page
+    for name in names:
+        assert f"<td class='l'>{name}</td>" in page
+    assert (out / "figures" / "robustness_dice.png").stat().st_size > 1000
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging folder left
+    # the corrupted copies in the CSV can be regenerated from their seeds
+    assert int(rows[0]["seed"]) == copy_seed(0, rows[0]["corruption"], rows[0]["case"], int(rows[0]["copy"]))
+
+
+def test_robustness_bad_input(tiny_demo, tmp_path):
+    with pytest.raises(S2S2InputError, match="unknown or no corruptions"):
+        robustness_evaluation(_ThresholdNet(), tiny_demo, tmp_path / "o", corruptions=["blur"])
+    with pytest.raises(S2S2InputError, match="no labelled cases"):
+        robustness_evaluation(_ThresholdNet(), tiny_demo, tmp_path / "o", section="nope")
+    assert not (tmp_path / "o").exists()
+
+
+def test_cli_runs_a_cooperative_bundle_checkpoint(tiny_demo, tmp_path, capsys):
+    """`s2s2 robustness` builds network_def from train.json + cooperative.json and loads the weights."""
+    from s2s2_monai.cli import main
+    from s2s2_monai.cooperative import CooperativeNet
+
+    torch.manual_seed(0)
+    net = CooperativeNet(1, 9, channels=(4, 8, 8))
+    ckpt = tmp_path / "model.pt"
+    torch.save({"network": net.state_dict()}, ckpt)
+    args = ["robustness", "--bundle", str(BUNDLE), "--config", "train.json", "--config", "cooperative.json", "--ckpt", str(ckpt), "--datalist", str(tiny_demo), "--out", str(tmp_path / "r"), "--copies", "1", "--corruption", "spike", "--corruption", "ghosting", "--set", "cooperative_channels=[4,8,8]", "--input-size", "48", "48", "--bootstrap", "20", "--no-progress", "--device", "cpu"]
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert "spike" in text and "ghosting" in text and "clean" in text
+    assert list(json.loads((tmp_path / "r" / "robustness.json").read_text())["dice"]) == ["clean", "spike", "ghosting"]
+    loaded, settings = load_bundle_network(BUNDLE, ckpt, ["train.json", "cooperative.json"], {"cooperative_channels": [4, 8, 8]})
+    assert isinstance(loaded, CooperativeNet) and settings["label_map"] == "synapse" and settings["input_size"] == [224, 224]
+    for k, v in net.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[k], v)
+    # wrong architecture -> one error line, exit 2
+    bad = [a for a in args if a not in ("--set", "cooperative_channels=[4,8,8]")]
+    assert main(bad) == 2
+    assert "does not fit the bundle's network_def" in capsys.readouterr().err
+    assert main(["robustness", "--bundle", str(tmp_path / "nope"), "--ckpt", str(ckpt), "--datalist", str(tiny_demo), "--out", str(tmp_path / "x")]) == 2
