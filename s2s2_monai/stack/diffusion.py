@@ -1,0 +1,161 @@
+"""The paper's generator: Stable Diffusion + a fine-tuned ControlNet, DDIM sampling (paper App. C).
+
+``StableDiffusionControlNetPipeline`` with a ``DDIMScheduler`` built from the SD folder's scheduler
+config, 50 steps, guidance 9.0, eta 0, full denoising from noise (strength 1.0), fp16 on CUDA,
+fp32 elsewhere. Masks are batched, but every image has its own ``torch.Generator`` (on the CPU,
+so CPU and GPU start from the same latents) seeded from ``(mask seed, member index)``; with eta 0
+DDIM draws no further noise, so an image depends only on its mask, prompt and seed, not on the
+batch it was made in or on the process that made it (up to floating-point reduction order of
+the accelerator's kernels, see :meth:`DiffusionGenerator.generate`).
+
+Output: the RGB image in ``[0, 1]`` -> mean of the three channels (the model was fine-tuned on
+grey slices replicated to RGB) -> bilinear resize to the mask's own ``H x W`` -> float32 unit space.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from s2s2_monai.data.label_maps import LabelMap, get_label_map
+from s2s2_monai.stack.base import StackGenerator
+from s2s2_monai.stack.conditioning import render_label_map, resize_images
+from s2s2_monai.stack.sd_folder import check_controlnet_folder, check_sd_folder, folder_digest, load_controlnet, load_sd_components
+
+__all__ = ["DiffusionGenerator", "member_seed"]
+
+#: version of the conditioning rendering + output conversion (part of ``settings()``)
+_RENDER_VERSION = "voc-palette/nearest-exact/rgb-mean/bilinear-v1"
+
+
+def member_seed(seed: int, member: int) -> int:
+    """Seed of member ``member`` of the stack of a mask with seed ``seed`` (independent streams)."""
+    return int(np.random.SeedSequence([int(seed), int(member)]).generate_state(1, np.uint64)[0] >> 1)
+
+
+class DiffusionGenerator(StackGenerator):
+    """Stable Diffusion + ControlNet stack generator.
+
+    Args:
+        sd_dir: local Stable Diffusion folder (diffusers layout).
+        controlnet_dir: ControlNet folder from ``s2s2 controlnet train`` (``save_pretrained``).
+        resolution: square generation size (512 for Synapse, 192 for the 4-class sets); must be a
+            multiple of the VAE x UNet downsampling.
+        steps: DDIM steps.
+        guidance_scale: classifier-free guidance scale.
+        eta: DDIM eta (0 = deterministic).
+        batch_size: masks per pipeline call (each contributes ``n`` images).
+        device: torch device; default CUDA when available.
+        label_map: label map (or its name) the masks use; ids outside it are rejected.
+        progress: show a progress bar over the batches.
+    """
+
+    name = "diffusion"
+
+    def __init__(
+        self,
+        sd_dir: str | os.PathLike,
+        controlnet_dir: str | os.PathLike,
+        resolution: int = 512,
+        steps: int = 50,
+        guidance_scale: float = 9.0,
+        eta: float = 0.0,
+        batch_size: int = 4,
+        device: str | torch.device | None = None,
+        label_map: LabelMap | str | None = "synapse",
+        progress: bool = True,
+    ) -> None:
+        from diffusers import DDIMScheduler, StableDiffusionControlNetPipeline
+
+        if steps < 1 or batch_size < 1 or resolution < 8:
+            raise ValueError("steps and batch_size must be >= 1, resolution >= 8")
+        self.sd_dir = check_sd_folder(sd_dir)
+        self.controlnet_dir = check_controlnet_folder(controlnet_dir, self.sd_dir)
+        self.device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.dtype = torch.float16 if self.device.type == "cuda" else torch.float32
+        self.resolution, self.steps, self.guidance_scale, self.eta = int(resolution), int(steps), float(guidance_scale), float(eta)
+        self.batch_size, self.progress = int(batch_size), progress
+        self.label_map = get_label_map(label_map) if isinstance(label_map, str) else label_map
+        parts = load_sd_components(self.sd_dir, torch_dtype=self.dtype)
+        controlnet = load_controlnet(self.controlnet_dir, self.sd_dir, torch_dtype=self.dtype)
+        factor = 2 ** (len(parts.vae.config.block_out_channels) - 1) * 2 ** (len(parts.unet.config.block_out_channels) - 1)
+        if self.resolution % factor:
+            raise ValueError(f"resolution {self.resolution} must be a multiple of {factor} for this model")
+        self.pipe = StableDiffusionControlNetPipeline(
+            vae=parts.vae,
+            text_encoder=parts.text_encoder,
+            tokenizer=parts.tokenizer,
+            unet=parts.unet,
+            controlnet=controlnet,
+            scheduler=parts.scheduler(DDIMScheduler),
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        ).to(self.device)
+        self.pipe.set_progress_bar_config(disable=True)
+
+    def settings(self) -> dict:
+        """Everything that changes the output: model contents, sampler, resolution, precision."""
+        return {
+            "generator": self.name,
+            "sd_digest": folder_digest(self.sd_dir),
+            "controlnet_digest": folder_digest(self.controlnet_dir),
+            "scheduler": "DDIM",
+            "steps": self.steps,
+            "guidance_scale": self.guidance_scale,
+            "eta": self.eta,
+            "strength": 1.0,
+            "resolution": self.resolution,
+            "dtype": str(self.dtype).replace("torch.", ""),
+            "device_type": self.device.type,
+            "render": _RENDER_VERSION,
+        }
+
+    def _check(self, masks: np.ndarray, prompts: Sequence[str], seeds: Sequence[int]) -> np.ndarray:
+        masks = np.asarray(masks)
+        if masks.ndim != 3:
+            raise ValueError(f"masks must be (B, H, W), got shape {masks.shape}")
+        if len(prompts) != len(masks) or len(seeds) != len(masks):
+            raise ValueError(f"need one prompt and one seed per mask: {len(masks)} masks, {len(prompts)} prompts, {len(seeds)} seeds")
+        if self.label_map is not None and masks.size:
+            unknown = sorted(set(np.unique(masks).tolist()) - self.label_map.valid_ids())
+            if unknown:
+                raise ValueError(f"masks hold ids {unknown} that label map {self.label_map.name!r} does not define")
+        return masks
+
+    @torch.no_grad()
+    def generate(self, masks: np.ndarray, prompts: list[str], seeds: list[int], n: int) -> np.ndarray:
+        """Generate ``n`` members per mask: float32 ``(B, n, H, W)`` in ``[0, 1]`` on each mask's grid.
+
+        Every image is seeded by :func:`member_seed` ``(seeds[b], j)``. On the CPU the result
+        does not depend on ``batch_size`` (checked by the tests); on a GPU, kernels chosen per
+        batch shape may change the last bits, so keep a fixed grouping where bit-identity matters.
+        """
+        masks = self._check(masks, prompts, seeds)
+        b_total, h, w = masks.shape
+        out = np.empty((b_total, n, h, w), np.float32)
+        starts = range(0, b_total, self.batch_size)
+        for s in tqdm(starts, desc="diffusion stacks", unit="batch", disable=not self.progress or len(starts) < 2):
+            sl = slice(s, min(s + self.batch_size, b_total))
+            cond = render_label_map(masks[sl], self.resolution).to(self.device, self.dtype)
+            generators = [torch.Generator("cpu").manual_seed(member_seed(seed, j)) for seed in seeds[sl] for j in range(n)]
+            images = self.pipe(
+                prompt=list(prompts[sl]),
+                image=cond,
+                height=self.resolution,
+                width=self.resolution,
+                num_inference_steps=self.steps,
+                guidance_scale=self.guidance_scale,
+                eta=self.eta,
+                num_images_per_prompt=n,
+                generator=generators,
+                output_type="pt",
+            ).images  # (b*n, 3, R, R) in [0, 1], ordered mask-major
+            grey = images.float().mean(dim=1, keepdim=True)
+            grey = resize_images(grey, (h, w)).clamp_(0.0, 1.0)
+            out[sl] = grey.reshape(-1, n, h, w).cpu().numpy()
+        return out
