@@ -120,25 +120,37 @@ def _voxel_edges_metrics(p: torch.Tensor, g: torch.Tensor, spacing: Sequence[flo
     return hd, float(torch.cat([d_pg, d_gp]).mean())  # float64: MONAI's float32 sum differs by ~1e-7
 
 
+def _surface_split(src: torch.Tensor, dst: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Boolean masks of ``src`` points shared with ``dst`` (distance 0) and the rest, plus the point lists to search."""
+    if src.device.type == "cpu":  # numpy's boolean kernels are much faster than torch's on CPU
+        s, d = src.numpy(), dst.numpy()
+        shared, rest = s & d, s & ~d
+        return torch.from_numpy(shared), torch.from_numpy(rest), torch.from_numpy(np.argwhere(rest)), torch.from_numpy(np.argwhere(d))
+    shared, rest = src & dst, src & ~dst
+    return shared, rest, rest.nonzero(), dst.nonzero()
+
+
 def _split_distances(src: torch.Tensor, dst: torch.Tensor, spacing: Sequence[float]) -> torch.Tensor:
     """Distances of every ``src`` surface point (order irrelevant): 0 for shared points, else a nearest search."""
-    rest = src & ~dst
-    d = nearest_distances(rest.nonzero(), dst.nonzero(), spacing)
-    n_shared = int(src.sum()) - d.numel()
-    return torch.cat([torch.zeros(n_shared, dtype=torch.float64, device=d.device), d.to(src.device)])
+    shared, _, rest_pts, dst_pts = _surface_split(src, dst)
+    d = nearest_distances(rest_pts, dst_pts, spacing)
+    n_shared = int(shared.numpy().sum()) if shared.device.type == "cpu" else int(shared.sum())
+    return torch.cat([torch.zeros(n_shared, dtype=torch.float64, device=d.device), d])
 
 
 def _surfel_metrics(p: torch.Tensor, g: torch.Tensor, spacing: Sequence[float], table: torch.Tensor) -> tuple[float, float]:
     cp, cg = neighbour_codes(p), neighbour_codes(g)
-    bp, bg = (cp != 0) & (cp != 255), (cg != 0) & (cg != 255)
+    if p.device.type == "cpu":
+        bp, bg = (torch.from_numpy((c.numpy() != 0) & (c.numpy() != 255)) for c in (cp, cg))
+    else:
+        bp, bg = (cp != 0) & (cp != 255), (cg != 0) & (cg != 255)
     hd, assd = [], []
     for src, dst, codes in ((bg, bp, cg), (bp, bg, cp)):
-        shared, rest = src & dst, src & ~dst
-        d = torch.cat(
-            [torch.zeros(int(shared.sum()), dtype=torch.float64, device=src.device), nearest_distances(rest.nonzero(), dst.nonzero(), spacing).to(src.device)]
-        )
-        area = table.to(src.device)[torch.cat([codes[shared], codes[rest]])]
-        d_np, a_np = d.cpu().numpy(), area.cpu().numpy()
+        shared, rest, rest_pts, dst_pts = _surface_split(src, dst)
+        d = nearest_distances(rest_pts, dst_pts, spacing).cpu().numpy()
+        c = torch.cat([codes[shared], codes[rest]]).to(torch.int64)
+        a_np = table.to(c.device)[c].cpu().numpy()
+        d_np = np.concatenate([np.zeros(a_np.size - d.size), d])
         order = np.lexsort((a_np, d_np))  # as sorted(zip(distances, areas)) in surface_distance
         d_np, a_np = d_np[order], a_np[order]
         cum = np.cumsum(a_np) / np.sum(a_np)
