@@ -218,7 +218,7 @@ def test_trainer_adds_s2s2_terms_with_a_stack_member():
     assert {"loss_seg_stack", "loss_enc", "loss_dec"} <= set(out)
     assert 0 < float(out["loss_enc"]) < 2
     expected = sum(float(out[k]) for k in ("loss_seg", "loss_recon", "loss_shape_pred", "loss_shape_gt", "loss_seg_stack")) + 0.5 * float(out["loss_enc"])
-    assert float(out["loss"]) == pytest.approx(expected, rel=1e-5)
+    assert float(out["loss"].detach()) == pytest.approx(expected, rel=1e-5)
     a, b = torch.rand(2, 3, 4), torch.rand(2, 3, 4)
     assert float(consistency_distance(a, a)) == pytest.approx(0.0, abs=1e-6) and float(consistency_distance(a, b)) > 0
     with pytest.raises(TypeError):
