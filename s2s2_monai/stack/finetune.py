@@ -334,7 +334,7 @@ def train_controlnet(
         step, losses = int(state["step"]), list(state["losses"])
 
     out.mkdir(parents=True, exist_ok=True)
-    for stale in (out / "checkpoints").glob(".tmp-*"):
+    for stale in [*(out / "checkpoints").glob(".tmp-*"), *(out / "checkpoints").glob(".old-*")]:
         shutil.rmtree(stale, ignore_errors=True)
     run_info = {**asdict(config), "sd_dir": str(Path(sd_dir).resolve()), "sd_digest": folder_digest(sd_dir), "slices": len(data), "total_steps": total}
     _write_json_atomic(out / "train_config.json", run_info)
