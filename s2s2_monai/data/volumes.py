@@ -9,7 +9,10 @@ the input file's own geometry.
 
 from __future__ import annotations
 
+import functools
+import logging
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +47,16 @@ def spacing_of(affine: np.ndarray | torch.Tensor) -> np.ndarray:
     return np.sqrt((a * a).sum(axis=0))
 
 
+@functools.lru_cache(maxsize=None)
+def _loader(reader: str | None) -> LoadImage:
+    """One MONAI ``LoadImage`` per reader, built once. MONAI instantiates every reader it knows,
+    including the GPU DICOM decoder, which warns on CPU-only machines; that noise is muted."""
+    logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*nvImageCodec.*")
+        return LoadImage(image_only=True, ensure_channel_first=True, reader=reader)
+
+
 def _reader_for(path: Path) -> str | None:
     if path.is_dir():
         return "ITKReader"
@@ -70,7 +83,7 @@ def load_volume(path: str | os.PathLike, is_label: bool = False) -> MetaTensor:
     if path.is_dir() and not any(p.is_file() for p in path.iterdir()):
         raise S2S2InputError(path, "folder holds no DICOM files", "point to a folder with the .dcm files of one series")
     try:
-        img = LoadImage(image_only=True, ensure_channel_first=True, reader=_reader_for(path))(str(path))
+        img = _loader(_reader_for(path))(str(path))
         img = Orientation(axcodes=CANONICAL_AXCODES, labels=_RAS_LABELS)(img)
         arr = img.as_tensor()  # forces a full read: truncated gzip fails here, not later
     except S2S2InputError:
