@@ -1,0 +1,235 @@
+"""S2S2 models in the bundle layout MONAI Label expects: export one, load one.
+
+An exported model is a folder::
+
+    NAME/
+      configs/train.json      the training config with every overlay merged in (self-contained)
+      configs/inference.json  the bundle's inference config, same overlays (when the bundle has one)
+      configs/metadata.json   copied from the bundle (when it has one)
+      models/model.pt         the network's ``state_dict`` (plain, strict-loadable)
+
+This is MONAI's bundle layout (``configs/``, ``models/model.pt``), so the folder also runs with
+``python -m monai.bundle run training --config_file NAME/configs/train.json``. The app reads the
+network definition, label map and input size from it and loads the weights; the retrain task
+overwrites ``models/model.pt`` atomically and the infer task reloads it (by modification time).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from s2s2_monai.data.label_maps import LabelMap, get_label_map
+from s2s2_monai.errors import S2S2InputError
+
+__all__ = [
+    "TRAIN_CONFIG",
+    "INFER_CONFIG",
+    "METADATA",
+    "WEIGHTS",
+    "ModelBundle",
+    "read_state_dict",
+    "save_state_dict_atomic",
+    "load_model_bundle",
+    "export_bundle",
+]
+
+TRAIN_CONFIG = "configs/train.json"
+INFER_CONFIG = "configs/inference.json"
+METADATA = "configs/metadata.json"
+WEIGHTS = "models/model.pt"
+_STATE_KEYS = ("network", "model", "state_dict")
+
+
+def _parser(config_files: Sequence[str | os.PathLike], bundle_root: str | os.PathLike | None = None):
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config([str(f) for f in config_files])
+    if bundle_root is not None:
+        parser["bundle_root"] = str(bundle_root)
+    return parser
+
+
+def _parse(parser, key: str, where: Path, fix: str):
+    if key not in parser:
+        raise S2S2InputError(where, f"the config has no '{key}'", fix)
+    try:
+        return parser.get_parsed_content(key)
+    except Exception as exc:  # noqa: BLE001 - any config error becomes one clear message
+        raise S2S2InputError(where, f"cannot evaluate '{key}' ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})", fix) from None
+
+
+@dataclass
+class ModelBundle:
+    """One exported model folder, parsed.
+
+    Attributes:
+        name: model name served by the app (the folder name).
+        root: the folder.
+        label_map: classes the network predicts.
+        input_size: (H, W) the network expects; slices are resized to it.
+    """
+
+    name: str
+    root: Path
+    label_map: LabelMap
+    input_size: tuple[int, int] | None
+
+    @property
+    def weights_path(self) -> Path:
+        return self.root / WEIGHTS
+
+    @property
+    def train_config(self) -> Path:
+        return self.root / TRAIN_CONFIG
+
+    @property
+    def modality(self) -> str:
+        return self.label_map.modality
+
+    def labels(self) -> dict[str, int]:
+        """``{organ name: id}``, the form MONAI Label clients (3D Slicer, OHIF) expect."""
+        return {self.label_map.name_of(i): i for i in self.label_map.ids}
+
+    def build_network(self) -> torch.nn.Module:
+        """A fresh (untrained) network from the bundle's ``network_def``."""
+        config = self.root / INFER_CONFIG if (self.root / INFER_CONFIG).is_file() else self.train_config
+        return _parse(_parser([config], self.root), "network_def", config, "export the bundle again with `s2s2 export-bundle`")
+
+    def load_network(self, device: torch.device | str = "cpu") -> torch.nn.Module:
+        """The network with ``models/model.pt`` loaded (strict), in eval mode on ``device``."""
+        network = self.build_network()
+        _load_strict(network, read_state_dict(self.weights_path), self.weights_path)
+        return network.to(device).eval()
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """A network ``state_dict`` from a plain state dict or a checkpoint holding one under
+    ``network`` / ``model`` / ``state_dict`` (the trainer's and the key-metric saver's files)."""
+    path = Path(path)
+    if not path.is_file():
+        raise S2S2InputError(path, "weights file not found", "train the model or pass the checkpoint written by training (runs/NAME/models/model.pt)")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001
+        raise S2S2InputError(path, f"not a readable PyTorch checkpoint ({type(exc).__name__})", "pass a .pt file written by the training bundle") from None
+    if isinstance(obj, dict):
+        for key in _STATE_KEYS:
+            if isinstance(obj.get(key), dict):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise S2S2InputError(path, "holds no network state_dict", f"pass a plain state_dict or a checkpoint with one of the keys {list(_STATE_KEYS)}")
+    return obj
+
+
+def _load_strict(network: torch.nn.Module, state: dict, path: Path) -> None:
+    try:
+        network.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[1:2] or [str(exc)[:200]]
+        raise S2S2InputError(
+            path,
+            f"the weights do not fit the bundle's network_def ({first[0].strip()[:200]})",
+            "export with the same config files (overlays included) that the model was trained with",
+        ) from None
+
+
+def save_state_dict_atomic(state: dict, path: str | os.PathLike) -> Path:
+    """``torch.save`` to a temporary name, then ``os.replace`` (readers never see half a file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        torch.save({k: v.detach().cpu() for k, v in state.items()}, tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def load_model_bundle(root: str | os.PathLike, name: str | None = None) -> ModelBundle:
+    """Parse an exported model folder (see the module docstring for the layout).
+
+    Raises:
+        S2S2InputError: missing folder/config, no ``label_map``/``network_def``, unknown label map.
+    """
+    root = Path(root).resolve()
+    if not (root / TRAIN_CONFIG).is_file() and not (root / INFER_CONFIG).is_file():
+        raise S2S2InputError(root, f"no {TRAIN_CONFIG} here: not an exported S2S2 model", "create it with `s2s2 export-bundle --config bundles/synapse/train.json --checkpoint CKPT --out MODELS/NAME`")
+    config = root / INFER_CONFIG if (root / INFER_CONFIG).is_file() else root / TRAIN_CONFIG
+    parser = _parser([config], root)
+    fix = "export the bundle again with `s2s2 export-bundle`"
+    map_name = _parse(parser, "label_map", config, fix)
+    try:
+        label_map = map_name if isinstance(map_name, LabelMap) else get_label_map(str(map_name))
+    except KeyError as exc:
+        raise S2S2InputError(config, str(exc.args[0]), "set label_map to a known label map name") from None
+    if "network_def" not in parser:
+        raise S2S2InputError(config, "the config has no 'network_def'", fix)
+    size = _parse(parser, "input_size", config, fix) if "input_size" in parser else None
+    return ModelBundle(name=name or root.name, root=root, label_map=label_map, input_size=None if size is None else tuple(int(s) for s in size))
+
+
+def export_bundle(
+    config_files: Sequence[str | os.PathLike],
+    checkpoint: str | os.PathLike,
+    out: str | os.PathLike,
+    force: bool = False,
+) -> ModelBundle:
+    """Write a trained model as a MONAI Label model folder (see the module docstring).
+
+    Args:
+        config_files: the bundle's ``train.json`` then its overlays (e.g. ``demo.json``), as
+            used for training; merged in order. A sibling ``inference.json`` / ``metadata.json``
+            of the first file is exported too.
+        checkpoint: the trained weights (plain state dict or a trainer checkpoint).
+        out: the model folder to create; its name is the model name in MONAI Label.
+        force: replace an existing ``out``.
+
+    Raises:
+        S2S2InputError: missing files, existing ``out`` without ``force``, weights that do not fit.
+    """
+    config_files = [Path(c) for c in config_files]
+    if not config_files:
+        raise S2S2InputError(None, "no config files given", "pass --config bundles/synapse/train.json (then any overlays)")
+    for c in config_files:
+        if not c.is_file():
+            raise S2S2InputError(c, "config file not found", "pass the bundle's train.json and the overlays used for training")
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not force:
+        raise S2S2InputError(out, "already exists", "choose another --out or pass --force to replace it")
+    state = read_state_dict(checkpoint)
+    first = config_files[0]
+    overlays = config_files[1:]
+    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    try:
+        (tmp / "configs").mkdir(parents=True)
+        merged = _parser(config_files).config
+        (tmp / TRAIN_CONFIG).write_text(json.dumps(merged, indent=2) + "\n")
+        if (first.parent / "inference.json").is_file():
+            merged_inf = _parser([first.parent / "inference.json", *overlays]).config
+            (tmp / INFER_CONFIG).write_text(json.dumps(merged_inf, indent=2) + "\n")
+        if (first.parent / "metadata.json").is_file():
+            shutil.copyfile(first.parent / "metadata.json", tmp / METADATA)
+        bundle = load_model_bundle(tmp, name=out.name)
+        _load_strict(bundle.build_network(), state, Path(checkpoint))
+        save_state_dict_atomic(state, tmp / WEIGHTS)
+        if out.exists():
+            shutil.rmtree(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return load_model_bundle(out)
