@@ -258,18 +258,17 @@ def build_stack(
                 cache.remove_entry(key)
                 rebuilt += 1
             todo.append(key)
-        # batch masks of the same shape together (cases may differ in size)
-        todo.sort(key=lambda k: (volumes.cases[jobs[k]["case"]].label.shape[:2], k))
+        # Fixed batches over *all* of this rank's keys (same-shape masks together), so a batch holds
+        # the same masks whether or not the build was interrupted: batched generators (diffusion)
+        # round identically, and a resumed build stays bit-identical. A batch with any missing
+        # entry is regenerated whole; only the missing entries are written.
+        todo_set = set(todo)
         bar = tqdm(total=len(todo), desc=f"stack {gen.name}", disable=not progress or rank != 0, unit="mask")
-        i = 0
-        while i < len(todo):
-            shape = volumes.cases[jobs[todo[i]]["case"]].label.shape[:2]
-            batch = [todo[i]]
-            while len(batch) < batch_size and i + len(batch) < len(todo) and volumes.cases[jobs[todo[i + len(batch)]]["case"]].label.shape[:2] == shape:
-                batch.append(todo[i + len(batch)])
-            i += len(batch)
-            _generate_batch(gen, cache, volumes, jobs, batch, int(n), bounds)
-            bar.update(len(batch))
+        for batch in _fixed_batches(keys, lambda k: volumes.cases[jobs[k]["case"]].label.shape[:2], batch_size):
+            missing = [k for k in batch if k in todo_set]
+            if missing:
+                _generate_batch(gen, cache, volumes, jobs, batch, int(n), bounds, write=set(missing))
+                bar.update(len(missing))
         bar.close()
         _barrier(world)
         summary = {
@@ -306,8 +305,21 @@ def _cuda() -> bool:
     return torch.cuda.is_available()
 
 
-def _generate_batch(gen: StackGenerator, cache: StackCache, volumes, jobs: dict, batch: list[str], n: int, bounds: QualityBounds | None) -> None:
-    """Generate, check, quantise and store the entries of one batch of same-shape masks."""
+def _fixed_batches(keys: list[str], shape_of, batch_size: int) -> list[list[str]]:
+    """Split keys into batches of at most ``batch_size`` same-shape masks, in (shape, key) order."""
+    batches: list[list[str]] = []
+    for key in sorted(keys, key=lambda k: (shape_of(k), k)):
+        if batches and len(batches[-1]) < batch_size and shape_of(batches[-1][0]) == shape_of(key):
+            batches[-1].append(key)
+        else:
+            batches.append([key])
+    return batches
+
+
+def _generate_batch(
+    gen: StackGenerator, cache: StackCache, volumes, jobs: dict, batch: list[str], n: int, bounds: QualityBounds | None, write: set[str]
+) -> None:
+    """Generate one batch of same-shape masks; check, quantise and store the entries in ``write``."""
     masks = np.stack([volumes.cases[jobs[k]["case"]].label[:, :, jobs[k]["z"]] for k in batch]).astype(np.uint8)
     prompts = [jobs[k]["prompt"] for k in batch]
     seeds = [jobs[k]["seed"] for k in batch]
@@ -315,6 +327,8 @@ def _generate_batch(gen: StackGenerator, cache: StackCache, volumes, jobs: dict,
     if images.shape != (len(batch), n, *masks.shape[1:]):
         raise ValueError(f"generator {gen.name!r} returned shape {images.shape}, expected {(len(batch), n, *masks.shape[1:])} (stacks must be aligned with the masks)")
     for b, key in enumerate(batch):
+        if key not in write:
+            continue
         imgs, records = images[b], None
         if bounds is not None:
             imgs, records = check_and_regenerate(gen, masks[b], prompts[b], seeds[b], imgs, bounds)
