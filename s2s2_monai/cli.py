@@ -14,6 +14,7 @@ __all__ = ["main", "build_parser"]
 COMMAND_MODULES = [
     "s2s2_monai.data.commands",
     "s2s2_monai.evaluation.commands",
+    "s2s2_monai.label_app.commands",
     "s2s2_monai.robustness.commands",
     "s2s2_monai.stack.commands",
     "s2s2_monai.stack.controlnet_commands",

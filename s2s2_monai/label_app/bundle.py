@@ -4,7 +4,8 @@ An exported model is a folder::
 
     NAME/
       configs/train.json      the training config with every overlay merged in (self-contained)
-      configs/inference.json  the bundle's inference config, same overlays (when the bundle has one)
+      configs/inference.json  train.json + the bundle's inference.json overlay + the same overlays,
+                              reading models/model.pt (when the bundle has an inference.json)
       configs/metadata.json   copied from the bundle (when it has one)
       models/model.pt         the network's ``state_dict`` (plain, strict-loadable)
 
@@ -38,6 +39,7 @@ __all__ = [
     "save_state_dict_atomic",
     "load_model_bundle",
     "export_bundle",
+    "resolve_models",
 ]
 
 TRAIN_CONFIG = "configs/train.json"
@@ -215,10 +217,13 @@ def export_bundle(
         shutil.rmtree(tmp)
     try:
         (tmp / "configs").mkdir(parents=True)
-        merged = _parser(config_files).config
+        root = str(out.resolve())
+        merged = {**_parser(config_files).config, "bundle_root": root}
         (tmp / TRAIN_CONFIG).write_text(json.dumps(merged, indent=2) + "\n")
         if (first.parent / "inference.json").is_file():
-            merged_inf = _parser([first.parent / "inference.json", *overlays]).config
+            # the bundle's inference.json is an overlay of train.json: export both merged, reading our weights
+            merged_inf = _parser([first, first.parent / "inference.json", *overlays]).config
+            merged_inf.update({"bundle_root": root, "model_path": "$@bundle_root + '/models/model.pt'"})
             (tmp / INFER_CONFIG).write_text(json.dumps(merged_inf, indent=2) + "\n")
         if (first.parent / "metadata.json").is_file():
             shutil.copyfile(first.parent / "metadata.json", tmp / METADATA)
@@ -233,3 +238,23 @@ def export_bundle(
         if tmp.exists():
             shutil.rmtree(tmp)
     return load_model_bundle(out)
+
+
+def resolve_models(models_dir: str | os.PathLike, models: str = "all") -> list[Path]:
+    """Model folders named by ``models`` (``"all"`` or ``"a,b"``) under ``models_dir``.
+
+    Raises:
+        S2S2InputError: a named model is missing, or there is none at all.
+    """
+    models_dir = Path(models_dir)
+    found = sorted(p.parent.parent for p in models_dir.glob("*/configs/train.json")) if models_dir.is_dir() else []
+    names = [n.strip() for n in str(models).split(",") if n.strip()]
+    if names in ([], ["all"]):
+        if not found:
+            raise S2S2InputError(models_dir, "holds no exported model", "create one with `s2s2 export-bundle --config bundles/synapse/train.json --checkpoint CKPT --out MODELS_DIR/NAME` and pass --conf models_dir MODELS_DIR")
+        return found
+    by_name = {p.name: p for p in found}
+    missing = [n for n in names if n not in by_name]
+    if missing:
+        raise S2S2InputError(models_dir, f"no model folder for {missing} (available: {sorted(by_name)})", "export it with `s2s2 export-bundle ... --out MODELS_DIR/NAME` or fix --conf models")
+    return [by_name[n] for n in names]

@@ -27,33 +27,13 @@ from monailabel.utils.others.generic import strtobool
 
 from s2s2_monai import __version__
 from s2s2_monai.errors import S2S2InputError
-from s2s2_monai.label_app.bundle import load_model_bundle
+from s2s2_monai.label_app.bundle import load_model_bundle, resolve_models
 from s2s2_monai.label_app.infer import S2S2InferTask
 from s2s2_monai.label_app.train import S2S2TrainTask
 
-__all__ = ["S2S2App", "resolve_models"]
+__all__ = ["S2S2App"]
 
 logger = logging.getLogger(__name__)
-
-
-def resolve_models(models_dir: str | os.PathLike, models: str = "all") -> list[Path]:
-    """Model folders named by ``models`` (``"all"`` or ``"a,b"``) under ``models_dir``.
-
-    Raises:
-        S2S2InputError: a named model is missing, or there is none at all.
-    """
-    models_dir = Path(models_dir)
-    found = sorted(p.parent.parent for p in models_dir.glob("*/configs/train.json")) if models_dir.is_dir() else []
-    names = [n.strip() for n in str(models).split(",") if n.strip()]
-    if names in ([], ["all"]):
-        if not found:
-            raise S2S2InputError(models_dir, "holds no exported model", "create one with `s2s2 export-bundle --config bundles/synapse/train.json --checkpoint CKPT --out MODELS_DIR/NAME` and pass --conf models_dir MODELS_DIR")
-        return found
-    by_name = {p.name: p for p in found}
-    missing = [n for n in names if n not in by_name]
-    if missing:
-        raise S2S2InputError(models_dir, f"no model folder for {missing} (available: {sorted(by_name)})", "export it with `s2s2 export-bundle ... --out MODELS_DIR/NAME` or fix --conf models")
-    return [by_name[n] for n in names]
 
 
 class S2S2App(MONAILabelApp):

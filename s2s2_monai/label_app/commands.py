@@ -1,0 +1,28 @@
+"""CLI command of the MONAI Label app: ``export-bundle`` (a trained model -> a model folder)."""
+
+from __future__ import annotations
+
+import argparse
+
+__all__ = ["register"]
+
+
+def _export_bundle(args: argparse.Namespace) -> int:
+    from s2s2_monai.label_app.bundle import export_bundle
+
+    bundle = export_bundle(args.config, args.checkpoint, args.out, force=args.force)
+    print(
+        f"exported model {bundle.name!r} ({bundle.label_map.name}, {bundle.modality}, input {bundle.input_size}) to {bundle.root}; "
+        f"serve it with: monailabel start_server --app s2s2_monai/label_app --studies STUDIES "
+        f"--conf models_dir {bundle.root.parent} --conf models {bundle.name} --conf zoo_source local --conf sam2 false --host 127.0.0.1"
+    )
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export-bundle", help="write a trained model as a MONAI Label model folder (configs/ + models/model.pt)")
+    p.add_argument("--config", action="append", required=True, metavar="JSON", help="bundle train.json, then each overlay used for training (repeat; merged in order)")
+    p.add_argument("--checkpoint", required=True, help="trained weights: runs/NAME/models/model.pt or a checkpoint_epoch=N.pt")
+    p.add_argument("--out", required=True, help="model folder to create, MODELS_DIR/NAME (NAME is the model name in MONAI Label)")
+    p.add_argument("--force", action="store_true", help="replace an existing --out")
+    p.set_defaults(func=_export_bundle)
