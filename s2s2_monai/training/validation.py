@@ -30,7 +30,7 @@ __all__ = ["VolumeDataset", "volume_loader", "first_item", "VolumeMetric", "volu
 
 class VolumeDataset(Dataset):
     """Whole cases of a :class:`VolumeCache` as dicts ``image`` (X, Y, Z) float32, ``label`` (X, Y, Z)
-    uint8, ``spacing`` (3,), ``case_id``.
+    uint8, ``spacing`` (3,), ``case_id``, ``case_index`` (position in the dataset).
 
     Args:
         volumes: the cached cases (or a datalist path, loaded with ``section``/``data_root``).
@@ -50,6 +50,7 @@ class VolumeDataset(Dataset):
             "image": torch.from_numpy(case.image),
             "spacing": tuple(float(s) for s in case.spacing),
             "case_id": case.case_id,
+            "case_index": i,
         }
         if case.label is not None:
             item["label"] = torch.from_numpy(case.label)
@@ -64,27 +65,31 @@ def first_item(batch: Sequence[dict]) -> dict:
 
 
 def volume_loader(dataset: Dataset, distributed: bool = False, num_workers: int = 0) -> DataLoader:
-    """DataLoader of whole cases; ``distributed=True`` shards cases across ranks without padding."""
+    """DataLoader of whole cases; ``distributed=True`` shards cases across ranks (padded so every
+    rank gets the same number; :class:`VolumeMetric` counts a repeated case once)."""
     sampler = None
     if distributed:
         from monai.data import DistributedSampler
 
-        sampler = DistributedSampler(dataset, even_divisible=False, shuffle=False)
+        sampler = DistributedSampler(dataset, even_divisible=True, shuffle=False)
     return DataLoader(dataset, batch_size=1, shuffle=False, sampler=sampler, num_workers=num_workers, collate_fn=first_item)
 
 
 class VolumeMetric(Metric):
     """Mean of one per-class case metric over validation cases, then over classes (NaN skipped).
 
-    Reads ``engine.state.output["metrics"]`` = ``{class_id: {"dice": ..., "hd95_mm": ...}}``.
+    Reads ``engine.state.output["metrics"]`` = ``{class_id: {"dice": ..., "hd95_mm": ...}}`` and
+    ``engine.state.output["case_index"]`` (the case's position in the validation dataset). Values
+    are kept per (case, class), so under DDP the sums are all-reduced and a case that the sampler
+    gave to two ranks (padding) still counts once.
 
     Args:
         key: ``"dice"``, ``"hd95_mm"`` or ``"assd_mm"``.
         class_id: one class; ``None`` averages the per-class means over ``class_ids``.
-        class_ids: classes to average (default: every class seen).
+        class_ids: classes to average (default: every class seen; give them under DDP).
     """
 
-    required_output_keys = ("metrics",)
+    required_output_keys = ("metrics", "case_index")
 
     def __init__(self, key: str = "dice", class_id: int | None = None, class_ids: Iterable[int] | None = None, device: str | torch.device = "cpu") -> None:
         self.key = key
@@ -93,27 +98,36 @@ class VolumeMetric(Metric):
         super().__init__(device=device)
 
     def reset(self) -> None:
-        self._sums: dict[int, float] = {}
-        self._counts: dict[int, int] = {}
+        self._values: dict[tuple[int, int], float] = {}
 
     def update(self, output: Any) -> None:
-        metrics = output[0] if isinstance(output, (tuple, list)) else output
+        metrics, case_index = output if isinstance(output, (tuple, list)) else (output, len(self._values))
         for c, values in metrics.items():
             v = float(values[self.key])
             if not math.isnan(v):
-                self._sums[int(c)] = self._sums.get(int(c), 0.0) + v
-                self._counts[int(c)] = self._counts.get(int(c), 0) + 1
+                self._values[(int(case_index), int(c))] = v
 
     def compute(self) -> float:
-        ids = [self.class_id] if self.class_id is not None else (self.class_ids or sorted(self._counts))
-        sums = torch.tensor([self._sums.get(c, 0.0) for c in ids], dtype=torch.float64)
-        counts = torch.tensor([self._counts.get(c, 0) for c in ids], dtype=torch.float64)
         import ignite.distributed as idist
 
-        if idist.get_world_size() > 1:
+        ids = [self.class_id] if self.class_id is not None else (self.class_ids or sorted({c for _, c in self._values}))
+        col = {c: j for j, c in enumerate(ids)}
+        n = max((i for i, _ in self._values), default=-1) + 1
+        distributed = idist.get_world_size() > 1
+        if distributed:
+            n = int(idist.all_reduce(torch.tensor(n), op="MAX"))
+        sums = torch.zeros(max(n, 1), len(ids), dtype=torch.float64)
+        counts = torch.zeros_like(sums)
+        for (i, c), v in self._values.items():
+            if c in col:
+                sums[i, col[c]] += v
+                counts[i, col[c]] += 1
+        if distributed:
             sums, counts = idist.all_reduce(sums), idist.all_reduce(counts)
-        means = sums[counts > 0] / counts[counts > 0]
-        return float(means.mean()) if means.numel() else float("nan")
+        per_case = torch.where(counts > 0, sums / counts.clamp_min(1), torch.nan)  # duplicates averaged away
+        class_means = torch.nanmean(per_case, dim=0)
+        class_means = class_means[~torch.isnan(class_means)]
+        return float(class_means.mean()) if class_means.numel() else float("nan")
 
 
 def volume_metrics(label_map: LabelMap | str, per_class: bool = True, hd95: bool = True) -> dict[str, VolumeMetric]:
@@ -175,7 +189,7 @@ class VolumeEvaluator(Evaluator):
         with engine.mode(net):
             pred = predict_volume(net, case["image"], input_size=engine.input_size, batch_size=engine.batch_size, device=engine.state.device)
         engine.fire_event(IterationEvents.FORWARD_COMPLETED)
-        output = {"case_id": case.get("case_id"), "pred": pred}
+        output = {"case_id": case.get("case_id"), "case_index": case.get("case_index", engine.state.iteration - 1), "pred": pred}
         if "label" in case:
             output["metrics"] = compute_case_metrics(pred, case["label"], case["spacing"], self.label_map.ids, hd95=engine.hd95)
         engine.state.output = output
