@@ -141,6 +141,32 @@ def test_export_bundle_cli(work, tmp_path, capsys):
         resolve_models(tmp_path / "empty")
 
 
+def test_exported_folder_runs_as_monai_bundle(work, tmp_path):
+    """configs/inference.json of the export runs with MONAI's ConfigWorkflow on models/model.pt,
+    and its predictions equal the app's segmentation of the same volume."""
+    from monai.bundle import ConfigWorkflow
+
+    b = work["bundle"]
+    data = work["root"] / "data"
+    wf = ConfigWorkflow(
+        config_file=str(b.root / "configs" / "inference.json"),
+        meta_file=str(b.root / "configs" / "metadata.json"),
+        logging_file=False,
+        workflow_type="infer",
+        datalist=str(data / "datalist.json"),
+        dataset_dir=str(data),
+        output_dir=str(tmp_path / "bundle_run"),
+    )
+    wf.initialize()
+    wf.run()
+    wf.finalize()
+    image = data / "imagesTr" / "phantom_002.nii.gz"  # the test section
+    ref = segment_file(b.load_network(), image, tmp_path / "app.nii.gz", b.modality, input_size=b.input_size)
+    got = nib.load(str(tmp_path / "bundle_run" / "predictions" / "phantom_002.nii.gz"))
+    np.testing.assert_allclose(got.affine, nib.load(str(ref)).affine, atol=1e-5)
+    np.testing.assert_array_equal(np.asarray(got.dataobj), np.asarray(nib.load(str(ref)).dataobj))
+
+
 # ---------------------------------------------------------------- modality check
 
 
