@@ -51,3 +51,14 @@ def test_shape_mismatch_is_an_error():
         consistency_distance(torch.zeros(1, 2, 3), torch.zeros(1, 2, 4))
     with pytest.raises(ValueError, match="batch and a channel"):
         consistency_distance(torch.zeros(3), torch.zeros(3))
+
+
+def test_matches_torch_cosine_similarity():
+    g = torch.Generator().manual_seed(2)
+    a, b = torch.randn(2, 6, 5, 7, generator=g), torch.randn(2, 6, 5, 7, generator=g)
+    ref = (1 - torch.nn.functional.cosine_similarity(a, b, dim=1)).mean()
+    assert consistency_distance(a, b).item() == pytest.approx(ref.item(), abs=1e-6)
+    t1, t2 = torch.randn(3, 9, 4, generator=g), torch.randn(3, 9, 4, generator=g)
+    ref = (1 - torch.nn.functional.cosine_similarity(t1, t2, dim=-1)).mean()
+    assert consistency_distance(t1, t2, channel_dim=-1).item() == pytest.approx(ref.item(), abs=1e-6)
+    assert consistency_distance(a.half(), b.half()).dtype == torch.float32
