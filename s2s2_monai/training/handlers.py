@@ -25,7 +25,7 @@ from monai.utils import CommonKeys as Keys
 from torch import nn
 
 from s2s2_monai.training.consistency import consistency_distance
-from s2s2_monai.training.taps import FeatureTap, TapSpec, get_tap_preset
+from s2s2_monai.training.taps import TAP_PRESETS, FeatureTap, TapSpec, get_tap_preset
 
 __all__ = ["ConsistencyHandler", "loss_terms"]
 
@@ -43,7 +43,7 @@ class ConsistencyHandler:
     """
 
     def __init__(self, tap: TapSpec | dict | str, alpha: float = 1.0, name: str = "enc", network: nn.Module | None = None, eps: float = 1e-8) -> None:
-        if isinstance(tap, str) and "." in tap and tap.split(".", 1)[0] in _preset_names():
+        if isinstance(tap, str) and "." in tap and tap.split(".", 1)[0] in TAP_PRESETS:
             preset, part = tap.split(".", 1)
             tap = get_tap_preset(preset)[part]
         self.spec = TapSpec.of(tap)
@@ -88,12 +88,6 @@ class ConsistencyHandler:
         term = consistency_distance(feats[0], feats[1], self.spec.channel_dim, self.eps)
         out[self.key] = term.detach()
         out[Keys.LOSS] = out[Keys.LOSS] + self.alpha * term
-
-
-def _preset_names() -> set[str]:
-    from s2s2_monai.training.taps import TAP_PRESETS
-
-    return set(TAP_PRESETS)
 
 
 def _scalar(v: Any) -> float | None:
