@@ -124,7 +124,7 @@ def bench_inference(repeats: int):
             return torch.stack([net(vol[None, None, :, :, z]).argmax(1)[0] for z in range(vol.shape[-1])], dim=-1)
 
     ref, t_loop = timed(per_slice, repeats)
-    out, t_batch = timed(lambda: predict_volume(net, vol, batch_size=48), repeats)
+    out, t_batch = timed(lambda: predict_volume(net, vol, batch_size=16), repeats)
     assert torch.equal(out, ref) or (out != ref).float().mean() < 1e-4
     print(f"slice inference {tuple(vol.shape)}, BasicUNet: per-slice loop {t_loop:.3f} s, batched predict_volume {t_batch:.3f} s "
           f"-> {t_loop / t_batch:.1f}x (target >= 3x); identical labels: {torch.equal(out, ref)}")

@@ -104,10 +104,36 @@ def _quantile(x: torch.Tensor, q: float) -> float:
     return a + (b - a) * t if t < 0.5 else b - (b - a) * (1 - t)
 
 
+def _flat_points(mask: torch.Tensor) -> torch.Tensor:
+    """Flat indices of the set voxels of a boolean volume (numpy's kernel on CPU: much faster)."""
+    if mask.device.type == "cpu":
+        return torch.from_numpy(np.flatnonzero(mask.numpy()))
+    return torch.nonzero(mask.reshape(-1)).reshape(-1)
+
+
+def _unravel(flat: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    """(N, 3) voxel indices of flat indices."""
+    if flat.device.type == "cpu":
+        return torch.from_numpy(np.stack(np.unravel_index(flat.numpy(), tuple(shape)), axis=1))
+    return torch.stack(torch.unravel_index(flat, tuple(shape)), dim=1)
+
+
+def _directed_distances(src_flat: torch.Tensor, dst: torch.Tensor, dst_flat: torch.Tensor, spacing: Sequence[float]) -> torch.Tensor:
+    """Distance (mm, float64) of every ``src`` surface point, in ``src_flat`` order, to the ``dst`` surface:
+    0 where the point is on both surfaces, else a nearest-neighbour search."""
+    on_dst = dst.reshape(-1)[src_flat]
+    d = torch.zeros(src_flat.numel(), dtype=torch.float64, device=src_flat.device)
+    rest = ~on_dst
+    if bool(rest.any()):
+        d[rest] = nearest_distances(_unravel(src_flat[rest], dst.shape), _unravel(dst_flat, dst.shape), spacing).to(d.device)
+    return d
+
+
 def _voxel_edges_metrics(p: torch.Tensor, g: torch.Tensor, spacing: Sequence[float], hd95: str) -> tuple[float, float]:
     ep, eg = edge_voxels(p), edge_voxels(g)
-    d_pg = _split_distances(ep, eg, spacing)
-    d_gp = _split_distances(eg, ep, spacing)
+    fp, fg = _flat_points(ep), _flat_points(eg)
+    d_pg = _directed_distances(fp, eg, fg, spacing)
+    d_gp = _directed_distances(fg, ep, fp, spacing)
     if hd95 == "medpy":
         hd = _quantile(torch.cat([d_pg, d_gp]), 0.95)
         return hd, float(torch.cat([d_pg, d_gp]).mean())
@@ -120,37 +146,17 @@ def _voxel_edges_metrics(p: torch.Tensor, g: torch.Tensor, spacing: Sequence[flo
     return hd, float(torch.cat([d_pg, d_gp]).mean())  # float64: MONAI's float32 sum differs by ~1e-7
 
 
-def _surface_split(src: torch.Tensor, dst: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Boolean masks of ``src`` points shared with ``dst`` (distance 0) and the rest, plus the point lists to search."""
-    if src.device.type == "cpu":  # numpy's boolean kernels are much faster than torch's on CPU
-        s, d = src.numpy(), dst.numpy()
-        shared, rest = s & d, s & ~d
-        return torch.from_numpy(shared), torch.from_numpy(rest), torch.from_numpy(np.argwhere(rest)), torch.from_numpy(np.argwhere(d))
-    shared, rest = src & dst, src & ~dst
-    return shared, rest, rest.nonzero(), dst.nonzero()
-
-
-def _split_distances(src: torch.Tensor, dst: torch.Tensor, spacing: Sequence[float]) -> torch.Tensor:
-    """Distances of every ``src`` surface point (order irrelevant): 0 for shared points, else a nearest search."""
-    shared, _, rest_pts, dst_pts = _surface_split(src, dst)
-    d = nearest_distances(rest_pts, dst_pts, spacing)
-    n_shared = int(shared.numpy().sum()) if shared.device.type == "cpu" else int(shared.sum())
-    return torch.cat([torch.zeros(n_shared, dtype=torch.float64, device=d.device), d])
-
-
 def _surfel_metrics(p: torch.Tensor, g: torch.Tensor, spacing: Sequence[float], table: torch.Tensor) -> tuple[float, float]:
     cp, cg = neighbour_codes(p), neighbour_codes(g)
     if p.device.type == "cpu":
         bp, bg = (torch.from_numpy((c.numpy() != 0) & (c.numpy() != 255)) for c in (cp, cg))
     else:
         bp, bg = (cp != 0) & (cp != 255), (cg != 0) & (cg != 255)
+    fp, fg = _flat_points(bp), _flat_points(bg)
     hd, assd = [], []
-    for src, dst, codes in ((bg, bp, cg), (bp, bg, cp)):
-        shared, rest, rest_pts, dst_pts = _surface_split(src, dst)
-        d = nearest_distances(rest_pts, dst_pts, spacing).cpu().numpy()
-        c = torch.cat([codes[shared], codes[rest]]).to(torch.int64)
-        a_np = table.to(c.device)[c].cpu().numpy()
-        d_np = np.concatenate([np.zeros(a_np.size - d.size), d])
+    for src_flat, dst, dst_flat, codes in ((fg, bp, fp, cg), (fp, bg, fg, cp)):
+        d_np = _directed_distances(src_flat, dst, dst_flat, spacing).cpu().numpy()
+        a_np = table.to(codes.device)[codes.reshape(-1)[src_flat].to(torch.int64)].cpu().numpy()
         order = np.lexsort((a_np, d_np))  # as sorted(zip(distances, areas)) in surface_distance
         d_np, a_np = d_np[order], a_np[order]
         cum = np.cumsum(a_np) / np.sum(a_np)
