@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -24,3 +25,12 @@ def tiny_demo(tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("tiny_demo")
     return write_demo_data(out, cases=3, seed=0, shape=(48, 48, 8), progress=False)
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread: tests run two per core pair (xdist), where contended threads crawl."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -26,13 +26,7 @@ K = 4
 CH = (4, 8, 8)  # two stride-2 levels: inputs divisible by 4
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The machine is shared: one intra-op thread is far faster than two contended ones."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _batch(b=3, size=16, seed=0):

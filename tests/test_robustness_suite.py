@@ -17,12 +17,7 @@ from s2s2_monai.robustness.corruptions import corruption_transform
 BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "synapse"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _volume():

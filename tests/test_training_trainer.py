@@ -6,7 +6,6 @@ import copy
 
 import pytest
 import torch
-from ignite.engine import Events
 from monai.engines import SupervisedTrainer
 from monai.engines.utils import IterationEvents
 from monai.losses import DiceCELoss

@@ -19,7 +19,7 @@ term as ``loss_<term>`` (log them with ``s2s2_monai.training.handlers.loss_terms
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -31,6 +31,7 @@ from s2s2_monai.cooperative.masks import MASK_KINDS, LatentMasker
 from s2s2_monai.cooperative.networks import CooperativeNet
 from s2s2_monai.training.consistency import consistency_distance
 from s2s2_monai.training.taps import unwrap_network
+from s2s2_monai.training.trainer import stack_batch
 
 __all__ = ["CooperativeTrainer", "cooperative_network"]
 
@@ -143,10 +144,7 @@ class CooperativeTrainer(SupervisedTrainer):
         self.loss_function = _CooperativeLoss(self.loss_function, self)
 
     def _iteration(self, engine: SupervisedTrainer, batchdata: dict[str, torch.Tensor]) -> dict:
-        stack = batchdata.get(self.stack_key) if isinstance(batchdata, Mapping) and self.use_stack else None
-        if stack is not None:
-            stack = torch.as_tensor(stack).to(engine.state.device, non_blocking=engine.non_blocking, **engine.to_kwargs)
-        self._stack_batch = stack
+        self._stack_batch = stack_batch(engine, batchdata, self.stack_key, self.use_stack)
         try:
             out = super()._iteration(engine, batchdata)
         finally:

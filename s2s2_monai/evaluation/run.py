@@ -11,7 +11,6 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 

@@ -26,7 +26,6 @@ from typing import Any
 import torch
 from monai.engines import SupervisedTrainer
 from monai.inferers import Inferer, SimpleInferer
-from monai.utils import CommonKeys as Keys
 
 __all__ = ["S2S2Trainer", "STACK_KEY", "PRED_STACK_KEY"]
 
@@ -69,6 +68,14 @@ class _PairLoss:
         return loss
 
 
+def stack_batch(engine: SupervisedTrainer, batchdata, key: str, use_stack: bool) -> torch.Tensor | None:
+    """The batch's stack member x1 on the engine's device, or ``None`` (no stack / disabled)."""
+    stack = batchdata.get(key) if isinstance(batchdata, Mapping) and use_stack else None
+    if stack is None:
+        return None
+    return torch.as_tensor(stack).to(engine.state.device, non_blocking=engine.non_blocking, **engine.to_kwargs)
+
+
 class S2S2Trainer(SupervisedTrainer):
     """:class:`~monai.engines.SupervisedTrainer` with a second forward pass on the stack member.
 
@@ -88,10 +95,7 @@ class S2S2Trainer(SupervisedTrainer):
         self.loss_function = _PairLoss(self.loss_function, self)
 
     def _iteration(self, engine: SupervisedTrainer, batchdata: dict[str, torch.Tensor]) -> dict:
-        stack = batchdata.get(self.stack_key) if isinstance(batchdata, Mapping) and self.use_stack else None
-        if stack is not None:
-            stack = torch.as_tensor(stack).to(engine.state.device, non_blocking=engine.non_blocking, **engine.to_kwargs)
-        self._stack_batch = stack
+        self._stack_batch = stack_batch(engine, batchdata, self.stack_key, self.use_stack)
         try:
             return super()._iteration(engine, batchdata)
         finally:
