@@ -81,23 +81,28 @@ class StackPairDataset(Dataset):
             self._keys[(ci, z)] = entry_key(mask, build_prompt(mask, self.label_map), self.cache.manifest)
         return self._keys[(ci, z)]
 
+    def _missing(self, i: int) -> S2S2InputError:
+        ci, z = self.slices.index[i]
+        case = self.slices.volumes.cases[ci]
+        return S2S2InputError(
+            self.cache.root,
+            f"no stack entry for case {case.case_id} slice {z} (with the generator settings of this cache)",
+            f"run `s2s2 stack build --datalist {self.slices.volumes.datalist.path} --out {self.cache.root}`",
+        )
+
     def _require(self, i: int) -> str:
         key = self.key_of(i)
         if not self.cache.has(key):
-            ci, z = self.slices.index[i]
-            case = self.slices.volumes.cases[ci]
-            raise S2S2InputError(
-                self.cache.root,
-                f"no stack entry for case {case.case_id} slice {z} (with the generator settings of this cache)",
-                f"run `s2s2 stack build --datalist {self.slices.volumes.datalist.path} --out {self.cache.root}`",
-            )
+            raise self._missing(i)
         return key
 
     def __getitem__(self, i: int) -> dict:
         item = self.slices.slice_item(i)
-        key = self._require(i)
         member = int(torch.randint(self.n, (1,)).item())
-        x1 = self.cache.read_member(key, member)
+        try:  # no separate existence check: the read itself says when the entry is missing
+            x1 = self.cache.read_member(self.key_of(i), member)
+        except (KeyError, FileNotFoundError):
+            raise self._missing(i) from None
         if x1.shape != tuple(item["image"].shape[1:]):
             raise S2S2InputError(self.cache.root, f"stack of case {item['case_id']} slice {item['slice_index']} is {x1.shape}, the slice is {tuple(item['image'].shape[1:])}", "rebuild the stack from this datalist")
         item["image_stack"] = torch.from_numpy(self.unit.from_unit(from_uint8(x1))[None].astype(np.float32))
