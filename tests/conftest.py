@@ -2,20 +2,39 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 import torch
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+#: The real CT/MR/DICOM test volumes: ``$S2S2_SHARED_DATA``, else ``../shared/data`` beside the clone.
+SHARED_DATA = Path(os.environ.get("S2S2_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
+
+
+def in_ci() -> bool:
+    """True under CI (``CI=true``), where a missing fixture is an error, never a silent skip."""
+    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+
+
+def require_shared(*relative: str) -> Path:
+    """``SHARED_DATA``, after checking that ``relative`` paths exist in it.
+
+    Locally a missing folder skips the test with the path in the reason; in CI it fails it.
+    """
+    missing = [str(SHARED_DATA / r) for r in relative or ("ct",) if not (SHARED_DATA / r).exists()]
+    if missing:
+        msg = f"real test volumes not found: {', '.join(missing)} (put ../shared beside the clone or set S2S2_SHARED_DATA)"
+        if in_ci():
+            pytest.fail(msg, pytrace=False)
+        pytest.skip(msg)
+    return SHARED_DATA
 
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    """Folder of the real CT/MR/DICOM test volumes (skips when absent)."""
-    if not (SHARED_DATA / "ct").is_dir():
-        pytest.skip(f"real test volumes not found at {SHARED_DATA}")
-    return SHARED_DATA
+    """Folder of the real CT/MR/DICOM test volumes (skips locally when absent, fails in CI)."""
+    return require_shared("ct", "mr")
 
 
 @pytest.fixture(scope="session")

@@ -97,6 +97,26 @@ def test_atomic_saver_and_resume_loader(tmp_path):
     ResumeCheckpointLoader(str(tmp_path / "empty"), {"network": fresh}).attach(Engine(lambda e, b: None))  # no-op
 
 
+def test_resume_skips_a_corrupt_newest_checkpoint(tmp_path, caplog):
+    net = BasicUNet(2, 1, 2, features=(4, 4, 4, 4, 4, 4))
+    saver = AtomicCheckpointSaver(str(tmp_path), {"network": net}, engine_key="trainer", save_interval=1, n_saved=2, epoch_level=True)
+    trainer = Engine(lambda e, b: None)
+    saver.attach(trainer)
+    trainer.run([0, 1], max_epochs=3)
+    newest = tmp_path / "checkpoint_epoch=3.pt"
+    newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])  # a full disk / half a copy
+    resumed = Engine(lambda e, b: None)
+    seen = []
+    resumed.add_event_handler(Events.EPOCH_STARTED, lambda e: seen.append(e.state.epoch))
+    with caplog.at_level("WARNING"):
+        ResumeCheckpointLoader(str(tmp_path), {"network": BasicUNet(2, 1, 2, features=(4, 4, 4, 4, 4, 4))}).attach(resumed)
+        resumed.run([0, 1], max_epochs=4)
+    assert seen == [3, 4]  # resumed after epoch 2, the intact one
+    assert (tmp_path / "checkpoint_epoch=3.pt.corrupt").is_file()  # moved aside, never deleted
+    line = [r.getMessage() for r in caplog.records if "corrupt checkpoint" in r.getMessage()]
+    assert len(line) == 1 and "checkpoint_epoch=3.pt" in line[0] and "resuming from" in line[0] and "epoch=2.pt" in line[0]
+
+
 def test_load_weights_and_infer_to_nifti(tiny_demo, tmp_path):
     net = BasicUNet(2, 1, 9, features=(4, 4, 4, 4, 4, 4)).eval()
     torch.save(net.state_dict(), tmp_path / "model.pt")

@@ -38,16 +38,16 @@ from s2s2_monai.label_app.bundle import (
     read_state_dict,
     resolve_models,
 )
+from conftest import SHARED_DATA, require_shared
 from s2s2_monai.label_app.checks import check_modality_range
 from s2s2_monai.label_app.retrain import retrain, split_items, write_studies_datalist
 from s2s2_monai.label_app.segment import prepare_volume, segment_file
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "bundles" / "synapse"
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-REAL_CT = SHARED / "ct" / "totalseg_example_ct_sm.nii.gz"
-REAL_MR = SHARED / "mr" / "totalseg_example_mr_sm.nii.gz"
-needs_shared = pytest.mark.skipif(not REAL_CT.is_file() or not REAL_MR.is_file(), reason=f"real test volumes not found under {SHARED}")
+REAL_CT = SHARED_DATA / "ct" / "totalseg_example_ct_sm.nii.gz"
+REAL_MR = SHARED_DATA / "mr" / "totalseg_example_mr_sm.nii.gz"
+needs_shared = pytest.mark.usefixtures("shared_data")  # skips locally, fails in CI when ../shared is missing
 
 #: Shrinks the Synapse bundle to a network that runs in milliseconds on CPU.
 TINY = {
@@ -209,8 +209,8 @@ def _check_label_file(out: Path, image_path: Path, label_map) -> np.ndarray:
 
 @pytest.mark.parametrize("case", ["phantom", "real_ct"])
 def test_segment_file_keeps_geometry(work, tmp_path, case):
-    if case == "real_ct" and not REAL_CT.is_file():
-        pytest.skip(f"{REAL_CT} not found")
+    if case == "real_ct":
+        require_shared("ct")
     image = Path(work["items"][0]["image"]) if case == "phantom" else REAL_CT  # phantom: LPS on disk; real: RAS
     b = work["bundle"]
     net = b.load_network()
@@ -299,8 +299,7 @@ def server(work, tmp_path_factory):
     (studies / "labels" / "final").mkdir(parents=True)
     shutil.copy(work["items"][0]["image"], studies / "phantom.nii.gz")
     shutil.copy(work["items"][0]["label"], studies / "labels" / "final" / "phantom.nii.gz")
-    if REAL_CT.is_file():
-        shutil.copy(REAL_CT, studies / "real_ct.nii.gz")
+    shutil.copy(require_shared("ct", "mr") / "ct" / REAL_CT.name, studies / "real_ct.nii.gz")
     port = _free_port()
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}", "MONAI_LABEL_DATASTORE_AUTO_RELOAD": "false"}
     cmd = [
@@ -376,10 +375,9 @@ def test_server_bad_requests_keep_serving(server, work, tmp_path):
     junk.write_bytes(b"this is not an image")
     status, body = _upload(f"{url}/infer/synapse?output=image", junk)
     assert status == 422 and "cannot read this NIfTI file" in json.loads(body)["detail"]
-    if REAL_MR.is_file():
-        status, body = _upload(f"{url}/infer/synapse?output=image", REAL_MR)
-        detail = json.loads(body)["detail"]
-        assert status == 422 and "do not look like CT" in detail and "expects CT" in detail
+    status, body = _upload(f"{url}/infer/synapse?output=image", REAL_MR)
+    detail = json.loads(body)["detail"]
+    assert status == 422 and "do not look like CT" in detail and "expects CT" in detail
     assert _request(url + "/")[0] == 200
     assert server["proc"].poll() is None
     _infer_and_check(server, work, "phantom", server["studies"] / "phantom.nii.gz", tmp_path)

@@ -352,6 +352,33 @@ def test_resume_after_interruption_gives_the_uninterrupted_result(tiny, tiny_dem
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_resume_skips_a_corrupt_newest_checkpoint(tiny, tiny_demo, tmp_path, caplog):
+    from safetensors.torch import load_file
+
+    from s2s2_monai.stack.finetune import train_controlnet
+
+    sd, _ = tiny
+    cfg = _train_config(max_steps=4, batch_size=3, checkpoint_every=1)
+    ref = train_controlnet(sd, tiny_demo, tmp_path / "ref", cfg, progress=False)
+
+    def stop_at_4(step, loss):
+        if step == 4:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_controlnet(sd, tiny_demo, tmp_path / "cut", cfg, progress=False, callback=stop_at_4)
+    state = tmp_path / "cut" / "checkpoints" / "step-00000003" / "training_state.pt"
+    state.write_bytes(state.read_bytes()[:100])  # truncated: a full disk during the copy
+    with caplog.at_level("WARNING"):
+        res = train_controlnet(sd, tiny_demo, tmp_path / "cut", cfg, resume=True, progress=False)
+    assert res.resumed_from == 2 and res.steps == 4 and res.losses == ref.losses
+    assert (tmp_path / "cut" / "checkpoints" / "step-00000003.corrupt" / "training_state.pt").is_file()  # kept aside
+    assert any("corrupt checkpoint" in r.getMessage() and "step-00000002" in r.getMessage() for r in caplog.records)
+    a = load_file(ref.controlnet_dir / "diffusion_pytorch_model.safetensors")
+    b = load_file(res.controlnet_dir / "diffusion_pytorch_model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_cli_resume_after_kill(tiny, tiny_demo, tmp_path):
     """``s2s2 controlnet train`` killed with SIGKILL, then ``--resume``: same weights as one clean run."""
     from safetensors.torch import load_file

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from s2s2_monai.checkpoints import read_state_dict
 from s2s2_monai.data.label_maps import LabelMap, get_label_map
 from s2s2_monai.errors import S2S2InputError
 
@@ -46,7 +47,6 @@ TRAIN_CONFIG = "configs/train.json"
 INFER_CONFIG = "configs/inference.json"
 METADATA = "configs/metadata.json"
 WEIGHTS = "models/model.pt"
-_STATE_KEYS = ("network", "model", "state_dict")
 
 
 def _parser(config_files: Sequence[str | os.PathLike], bundle_root: str | os.PathLike | None = None):
@@ -110,26 +110,6 @@ class ModelBundle:
         network = self.build_network()
         _load_strict(network, read_state_dict(self.weights_path), self.weights_path)
         return network.to(device).eval()
-
-
-def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """A network ``state_dict`` from a plain state dict or a checkpoint holding one under
-    ``network`` / ``model`` / ``state_dict`` (the trainer's and the key-metric saver's files)."""
-    path = Path(path)
-    if not path.is_file():
-        raise S2S2InputError(path, "weights file not found", "train the model or pass the checkpoint written by training (runs/NAME/models/model.pt)")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001
-        raise S2S2InputError(path, f"not a readable PyTorch checkpoint ({type(exc).__name__})", "pass a .pt file written by the training bundle") from None
-    if isinstance(obj, dict):
-        for key in _STATE_KEYS:
-            if isinstance(obj.get(key), dict):
-                obj = obj[key]
-                break
-    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise S2S2InputError(path, "holds no network state_dict", f"pass a plain state_dict or a checkpoint with one of the keys {list(_STATE_KEYS)}")
-    return obj
 
 
 def _load_strict(network: torch.nn.Module, state: dict, path: Path) -> None:

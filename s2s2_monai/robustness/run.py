@@ -31,25 +31,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from s2s2_monai.checkpoints import read_state_dict
 from s2s2_monai.errors import S2S2InputError
 from s2s2_monai.robustness.corruptions import CORRUPTIONS, copy_seed, corrupt_volume
 
 __all__ = ["ROBUSTNESS_FILES", "load_bundle_network", "robustness_evaluation"]
 
 ROBUSTNESS_FILES = ("robustness.csv", "robustness.json", "figures/robustness_dice.png")
-
-
-def _state_dict(obj) -> dict:
-    """Network weights from a MONAI/ignite checkpoint (``{"network": ...}``, ``{"model": ...}``) or a bare state dict."""
-    if isinstance(obj, torch.nn.Module):
-        return obj.state_dict()
-    if isinstance(obj, dict):
-        for key in ("network", "model", "state_dict"):
-            if key in obj and isinstance(obj[key], dict):
-                return obj[key]
-        if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
-            return obj
-    raise ValueError("no network weights found (expected a state dict or a checkpoint with a 'network' or 'model' entry)")
 
 
 def load_bundle_network(
@@ -97,7 +85,7 @@ def load_bundle_network(
         raise S2S2InputError(paths[-1], "the bundle config has no 'network_def'", "use the bundle's train.json / inference.json")
     network = parser.get_parsed_content("network_def", instantiate=True)
     try:
-        state = _state_dict(torch.load(ckpt, map_location="cpu", weights_only=False))
+        state = read_state_dict(ckpt)
         network.load_state_dict(state)
     except (ValueError, RuntimeError, KeyError) as exc:
         first = " ".join(line.strip() for line in str(exc).strip().splitlines()[:2])[:300]

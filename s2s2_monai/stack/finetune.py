@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from s2s2_monai.checkpoints import STEP_DIR, newest_readable, numbered_checkpoints, torch_load
 from s2s2_monai.data.datalist import Datalist, load_datalist
 from s2s2_monai.data.label_maps import LabelMap
 from s2s2_monai.data.slices import SliceDataset, VolumeCache
@@ -184,18 +185,28 @@ def controlnet_loss(parts: SDComponents, controlnet, noise_scheduler, batch: dic
 
 
 def latest_checkpoint(out: str | os.PathLike) -> Path | None:
-    """Newest complete checkpoint folder ``out/checkpoints/step-XXXXXXXX`` (or ``None``)."""
-    root = Path(out) / "checkpoints"
-    done = [p for p in root.glob("step-*") if (p / "training_state.pt").is_file() and (p / "controlnet" / "config.json").is_file()]
-    return max(done, key=lambda p: int(p.name.split("-")[1])) if done else None
+    """Newest checkpoint folder ``out/checkpoints/step-XXXXXXXX`` (or ``None``); not read, see :func:`_read_checkpoint`."""
+    found = numbered_checkpoints(Path(out) / "checkpoints", STEP_DIR)
+    return found[0] if found else None
+
+
+def _read_checkpoint(folder: Path) -> tuple[dict, object]:
+    """``(training state, ControlNet)`` of a checkpoint folder; raises when any part is unreadable."""
+    state = torch_load(folder / "training_state.pt", "cpu")
+    for key in ("step", "config", "optimizer", "lr_scheduler", "scaler", "rng"):
+        if key not in state:
+            raise KeyError(f"training_state.pt has no {key!r}")
+    return state, load_controlnet(folder / "controlnet")
 
 
 def _rng_states(generator: torch.Generator) -> dict:
+    """All RNG states, as tensors and plain values (loadable with ``weights_only=True``)."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
     return {
         "generator": generator.get_state(),
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-        "numpy": np.random.get_state(),
+        "numpy": (name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)),
         "python": random.getstate(),
     }
 
@@ -205,8 +216,10 @@ def _set_rng_states(states: dict, generator: torch.Generator) -> None:
     torch.set_rng_state(states["torch"])
     if states.get("cuda") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["cuda"])
-    np.random.set_state(states["numpy"])
-    random.setstate(states["python"])
+    name, keys, pos, has_gauss, cached = states["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    version, internal, gauss = states["python"]
+    random.setstate((version, tuple(internal), gauss))
 
 
 def _atomic_dir(final: Path, write: Callable[[Path], None]) -> None:
@@ -232,8 +245,7 @@ def _save_checkpoint(out: Path, step: int, controlnet, state: dict, keep: int) -
     root = out / "checkpoints"
     final = root / f"step-{step:08d}"
     _atomic_dir(final, write)
-    done = sorted((p for p in root.glob("step-*") if p.is_dir()), key=lambda p: int(p.name.split("-")[1]))
-    for old in done[:-keep]:
+    for old in numbered_checkpoints(root, STEP_DIR)[keep:]:  # moved-aside (.corrupt) folders are kept
         shutil.rmtree(old, ignore_errors=True)
     return final
 
@@ -274,7 +286,7 @@ def train_controlnet(
     config = config or ControlNetTrainConfig()
     config.validate()
     out = Path(out)
-    ckpt = latest_checkpoint(out)
+    ckpt = latest_checkpoint(out)  # existence only; resume reads it below (and skips a corrupt one)
     if ckpt is not None and not resume:
         raise S2S2InputError(out, f"already holds checkpoints (newest {ckpt.name})", "pass --resume to continue, or choose another --out")
     dev = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -309,12 +321,12 @@ def train_controlnet(
     np.random.seed(config.seed % 2**32)
     random.seed(config.seed)
     state = None
-    if resume and ckpt is not None:
-        state = torch.load(ckpt / "training_state.pt", map_location="cpu", weights_only=False)
+    readable = newest_readable(numbered_checkpoints(out / "checkpoints", STEP_DIR), _read_checkpoint) if resume else None
+    if readable is not None:
+        ckpt, (state, controlnet) = readable
         changed = [k for k in _RESUME_FIXED if state["config"].get(k) != getattr(config, k)]
         if changed:
             raise S2S2InputError(ckpt, f"was written with different {', '.join(changed)}", "resume with the same settings, or start a new --out")
-        controlnet = load_controlnet(ckpt / "controlnet")
     else:
         controlnet = controlnet_from_unet(parts.unet, parts.vae)
     controlnet.to(dev)
@@ -387,7 +399,8 @@ def train_controlnet(
             if step >= total:
                 break
     bar.close()
-    if latest_checkpoint(out) is None or int(latest_checkpoint(out).name.split("-")[1]) != step:
+    newest = latest_checkpoint(out)
+    if newest is None or int(STEP_DIR.match(newest.name).group(1)) != step:
         checkpoint()  # e.g. resumed at the end already, or total == 0
 
     _atomic_dir(out / "controlnet", lambda tmp: controlnet.save_pretrained(tmp))

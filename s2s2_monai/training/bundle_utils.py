@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -159,16 +158,12 @@ def training_dataset(
     return StackPairDataset(SliceDataset(volumes, section, labelled_only=labelled_only), stack_dir, transform=transform)
 
 
-_EPOCH_RE = re.compile(r"epoch=(\d+)\.pt$")
-
-
 def latest_checkpoint(ckpt_dir: str | os.PathLike) -> str | None:
     """The ``*epoch=N.pt`` file of ``ckpt_dir`` with the largest N (``None`` when there is none)."""
-    d = Path(ckpt_dir)
-    if not d.is_dir():
-        return None
-    found = [(int(m.group(1)), p) for p in d.iterdir() if (m := _EPOCH_RE.search(p.name)) and p.is_file()]
-    return str(max(found)[1]) if found else None
+    from s2s2_monai.checkpoints import numbered_checkpoints
+
+    found = numbered_checkpoints(ckpt_dir)
+    return str(found[0]) if found else None
 
 
 class _AtomicDiskSaver(DiskSaver):
@@ -216,11 +211,13 @@ class AtomicCheckpointSaver(CheckpointSaver):
 
 
 class ResumeCheckpointLoader(CheckpointLoader):
-    """Loads the newest ``checkpoint_epoch=N.pt`` of ``ckpt_dir`` when the run starts; no-op if none.
+    """Loads the newest readable ``checkpoint_epoch=N.pt`` of ``ckpt_dir`` when the run starts; no-op if none.
 
     Put the network, optimizer and lr scheduler in ``load_dict``; the engine it is attached to (the
     trainer) is restored under ``engine_key`` (as saved by :class:`AtomicCheckpointSaver` with the
-    same key): a run killed at any moment continues after its last completed epoch.
+    same key): a run killed at any moment continues after its last completed epoch. A checkpoint
+    that cannot be read (truncated, damaged) is moved aside to ``NAME.corrupt`` with one warning and
+    the next newest is used (:func:`s2s2_monai.checkpoints.newest_readable`); none left: from scratch.
 
     Args:
         ckpt_dir: folder of the interval checkpoints.
@@ -230,16 +227,22 @@ class ResumeCheckpointLoader(CheckpointLoader):
     """
 
     def __init__(self, ckpt_dir: str | os.PathLike, load_dict: dict, engine_key: str | None = "trainer", **kwargs: Any) -> None:
+        super().__init__(load_path=str(ckpt_dir), load_dict=dict(load_dict), **kwargs)
         self.ckpt_dir = str(ckpt_dir)
         self.engine_key = engine_key
-        self.found = latest_checkpoint(ckpt_dir)
-        if self.found is not None:
-            super().__init__(load_path=self.found, load_dict=dict(load_dict), **kwargs)
+        self.found: str | None = None
 
     def attach(self, engine) -> None:
-        if self.found is None:
+        from s2s2_monai.checkpoints import newest_readable, numbered_checkpoints, torch_load
+
+        def full_read(path):  # finds damage anywhere in the file; MONAI's __call__ then reads the good one again
+            torch_load(path, "cpu")
+
+        readable = newest_readable(numbered_checkpoints(self.ckpt_dir), full_read)
+        if readable is None:
             logger.info("no checkpoint in %s: starting from scratch", self.ckpt_dir)
             return
+        self.found = self.load_path = str(readable[0])
         logger.info("resuming from %s", self.found)
         if self.engine_key is not None:
             self.load_dict[self.engine_key] = engine
@@ -263,12 +266,13 @@ def load_weights(network, path: str | os.PathLike, device=None, exit_on_error: b
 
     from s2s2_monai.training.taps import unwrap_network
 
+    from s2s2_monai.checkpoints import read_state_dict
+
     path = Path(path)
-    if not path.is_file():
-        _fail(S2S2InputError(path, "no trained weights here", "train first (the training bundle writes models/model.pt under output_dir) or set model_path"), exit_on_error)
-    state = torch.load(path, map_location=device, weights_only=True)
-    if isinstance(state, dict) and "network" in state and not any(k.endswith(".weight") for k in state):
-        state = state["network"]  # an interval checkpoint
+    try:
+        state = read_state_dict(path, map_location=device)
+    except S2S2InputError as exc:
+        _fail(exc, exit_on_error)
     try:
         unwrap_network(network).load_state_dict(state)
     except RuntimeError as exc:

@@ -1,0 +1,119 @@
+"""Checkpoints on disk: find them by step/epoch number, read the newest readable one, read weights.
+
+One place for what every resumable job needs (bundle training, cooperative training, ControlNet
+fine-tuning, MONAI Label retraining) and every consumer of trained weights (inference, robustness,
+export):
+
+- :func:`numbered_checkpoints`: files or folders named ``...epoch=N.pt`` / ``step-N``, newest first;
+- :func:`newest_readable`: reads candidates newest first; one that cannot be read (truncated by a
+  full disk, half a copy, a bad sector) is moved aside to ``NAME.corrupt`` (never deleted), reported
+  in one log line, and the next one is tried;
+- :func:`read_state_dict`: a network state dict from ``model.pt``, an interval checkpoint (its
+  ``network`` entry) or a MONAI bundle checkpoint (``model``), always with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import TypeVar
+
+from s2s2_monai.errors import S2S2InputError
+
+__all__ = ["CORRUPT_SUFFIX", "numbered_checkpoints", "newest_readable", "move_aside", "torch_load", "read_state_dict"]
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: Suffix given to a checkpoint that could not be read.
+CORRUPT_SUFFIX = ".corrupt"
+
+#: ``checkpoint_epoch=12.pt`` (MONAI / ignite interval checkpoints) and ``step-00000500`` (ControlNet).
+EPOCH_FILE = re.compile(r"epoch=(\d+)\.pt$")
+STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+def numbered_checkpoints(folder: str | os.PathLike, pattern: re.Pattern = EPOCH_FILE) -> list[Path]:
+    """Entries of ``folder`` whose name matches ``pattern`` (group 1 = the number), newest first.
+
+    Moved-aside (``.corrupt``) and temporary entries never match the default patterns.
+    """
+    d = Path(folder)
+    if not d.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in d.iterdir() if (m := pattern.search(p.name))]
+    return [p for _, p in sorted(found, key=lambda t: t[0], reverse=True)]
+
+
+def move_aside(path: Path) -> Path:
+    """Rename ``path`` to ``path.corrupt`` (``.corrupt-1``, ... when taken) and return the new name."""
+    target = path.with_name(path.name + CORRUPT_SUFFIX)
+    i = 0
+    while target.exists():
+        i += 1
+        target = path.with_name(f"{path.name}{CORRUPT_SUFFIX}-{i}")
+    os.replace(path, target)
+    return target
+
+
+def newest_readable(candidates: Iterable[Path], read: Callable[[Path], T], what: str = "checkpoint") -> tuple[Path, T] | None:
+    """``(path, read(path))`` for the first candidate that ``read`` accepts, or ``None``.
+
+    Every candidate that raises is moved aside (:func:`move_aside`) and logged once:
+    ``corrupt checkpoint X (reason), skipped (moved to X.corrupt); resuming from Y`` (or ``from scratch``).
+    """
+    skipped: list[tuple[Path, Path, str]] = []
+    result = None
+    for path in candidates:
+        try:
+            result = (path, read(path))
+            break
+        except Exception as exc:  # a damaged file fails in many ways: OSError, RuntimeError, pickle, zip, EOF
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            skipped.append((path, move_aside(path), f"{type(exc).__name__}: {reason}"))
+    target = f"resuming from {result[0]}" if result else "no readable one left, starting from scratch"
+    for path, aside, reason in skipped:
+        logger.warning("corrupt %s %s (%s), skipped (moved to %s); %s", what, path, reason, aside.name, target)
+    return result
+
+
+def torch_load(path: str | os.PathLike, map_location=None):
+    """``torch.load(path, weights_only=True)``: tensors and plain containers only, never code."""
+    import torch
+
+    return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def read_state_dict(path: str | os.PathLike, map_location="cpu") -> dict:
+    """A network state dict from a weights file or a checkpoint that holds one.
+
+    Accepts a plain state dict (``models/model.pt``), an interval checkpoint (``{"network": ...}``)
+    and MONAI bundle files (``{"model": ...}``).
+
+    Raises:
+        S2S2InputError: missing or unreadable file, or no state dict inside.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise S2S2InputError(path, "no weights file here", "train first (the training bundle writes models/model.pt under output_dir) or give the right path")
+    try:
+        obj = torch_load(path, map_location)
+    except Exception as exc:
+        raise S2S2InputError(path, f"cannot be read as PyTorch weights ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})", "give a model.pt / checkpoint written by this project's training") from None
+    if isinstance(obj, dict) and not any(_is_tensor(v) for v in obj.values()):
+        for key in ("network", "model", "state_dict"):
+            if isinstance(obj.get(key), dict):
+                return obj[key]
+    if isinstance(obj, dict) and obj and all(_is_tensor(v) for v in obj.values()):
+        return obj
+    raise S2S2InputError(path, "holds no network state dict (expected tensors, or a 'network' / 'model' entry)", "give a model.pt / checkpoint written by this project's training")
+
+
+def _is_tensor(v) -> bool:
+    import torch
+
+    return isinstance(v, torch.Tensor)
