@@ -29,7 +29,7 @@ def make_volumes(seed: int = 0):
     if DATA.exists():
         import nibabel as nib
 
-        from s2s2_monai.data.label_maps import get_label_remap
+        from s2s2_monai.label_maps import get_label_remap
 
         seg = np.asarray(nib.load(DATA).dataobj)
         lut = np.zeros(256, np.uint8)

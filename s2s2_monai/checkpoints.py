@@ -103,7 +103,7 @@ def read_state_dict(path: str | os.PathLike, map_location="cpu") -> dict:
     try:
         obj = torch_load(path, map_location)
     except Exception as exc:
-        raise S2S2InputError(path, f"cannot be read as PyTorch weights ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})", "give a model.pt / checkpoint written by this project's training") from None
+        raise S2S2InputError(path, f"not a readable PyTorch checkpoint ({type(exc).__name__}; truncated, damaged or not weights-only)", "give a model.pt / checkpoint written by this project's training") from None
     if isinstance(obj, dict) and not any(_is_tensor(v) for v in obj.values()):
         for key in ("network", "model", "state_dict"):
             if isinstance(obj.get(key), dict):

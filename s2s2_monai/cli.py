@@ -6,7 +6,7 @@ import argparse
 import importlib
 import sys
 
-from s2s2_monai.errors import S2S2InputError
+from s2s2_monai.errors import S2S2InputError, input_error_in
 
 __all__ = ["main", "build_parser"]
 
@@ -21,10 +21,23 @@ COMMAND_MODULES = [
 ]
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage errors are one ``error: OPTION: what. Fix: how`` line (exit 2), as for bad files."""
+
+    def error(self, message: str):
+        where, sep, what = message.partition(": ")
+        if not (sep and where.startswith("argument ")):
+            where, what = None, message
+        else:
+            where = where[len("argument "):]
+        print(f"error: {S2S2InputError(where, what, f'see `{self.prog} --help`')}", file=sys.stderr)
+        sys.exit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from s2s2_monai import __version__
 
-    parser = argparse.ArgumentParser(prog="s2s2", description="S2S2 semantic stacking for segmentation on MONAI")
+    parser = _Parser(prog="s2s2", description="S2S2 semantic stacking for segmentation on MONAI")
     parser.add_argument("--version", action="version", version=f"s2s2_monai {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:
@@ -37,8 +50,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except S2S2InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except Exception as exc:  # bad input, possibly wrapped (e.g. by MONAI's config parser)
+        err = input_error_in(exc)
+        if err is None:
+            raise
+        print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -123,7 +123,7 @@ def test_load_weights_and_infer_to_nifti(tiny_demo, tmp_path):
     other = BasicUNet(2, 1, 9, features=(4, 4, 4, 4, 4, 4))
     load_weights(other, tmp_path / "model.pt")
     assert all(torch.equal(a, b) for a, b in zip(other.state_dict().values(), net.state_dict().values()))
-    with pytest.raises(S2S2InputError, match="no trained weights"):
+    with pytest.raises(S2S2InputError, match="no weights file"):
         load_weights(other, tmp_path / "missing.pt")
     with pytest.raises(S2S2InputError, match="do not fit"):
         load_weights(BasicUNet(2, 1, 3, features=(4, 4, 4, 4, 4, 4)), tmp_path / "model.pt")

@@ -55,10 +55,10 @@ def test_read_state_dict_accepts_the_project_layouts_and_rejects_others(tmp_path
     with pytest.raises(S2S2InputError, match="no network state dict"):
         read_state_dict(tmp_path / "nostate.pt")
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(S2S2InputError, match="cannot be read"):
+    with pytest.raises(S2S2InputError, match="not a readable PyTorch checkpoint"):
         read_state_dict(tmp_path / "junk.pt")
     with pytest.raises(S2S2InputError, match="no weights file"):
         read_state_dict(tmp_path / "missing.pt")
     torch.save({"w": torch.ones(1), "code": print}, tmp_path / "unsafe.pt")  # weights_only refuses objects
-    with pytest.raises(S2S2InputError, match="cannot be read"):
+    with pytest.raises(S2S2InputError, match="not a readable PyTorch checkpoint"):
         read_state_dict(tmp_path / "unsafe.pt")

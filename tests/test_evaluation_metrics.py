@@ -11,7 +11,7 @@ import torch
 from scipy import ndimage
 
 from s2s2_monai.evaluation.metrics import DEFAULT_HD95, HD95_DEFINITIONS, compute_case_metrics
-from s2s2_monai.evaluation.surface import class_boxes, edge_voxels, crop_padded, nearest_distances, neighbour_codes
+from s2s2_monai.evaluation.surface import class_boxes, crop_padded, edge_voxels, nearest_distances, neighbour_codes
 
 SPACINGS = [(3.0, 3.0, 3.0), (0.8, 1.3, 3.0)]
 
@@ -21,7 +21,7 @@ def real_pair(shared_data):
     """Real TotalSegmentator CT labels remapped to Synapse, and a perturbed copy (dilated, eroded, shifted, blobs)."""
     import nibabel as nib
 
-    from s2s2_monai.data.label_maps import get_label_remap
+    from s2s2_monai.label_maps import get_label_remap
 
     seg = np.asarray(nib.load(shared_data / "ct" / "totalseg_example_ct_sm_seg.nii.gz").dataobj)
     lut = np.zeros(256, np.uint8)

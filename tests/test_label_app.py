@@ -23,9 +23,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from conftest import SHARED_DATA, require_shared
 
 from s2s2_monai.cli import main as cli_main
-from s2s2_monai.data.label_maps import get_label_map
 from s2s2_monai.data.phantom import write_demo_data
 from s2s2_monai.data.volumes import load_volume
 from s2s2_monai.errors import S2S2InputError
@@ -38,10 +38,10 @@ from s2s2_monai.label_app.bundle import (
     read_state_dict,
     resolve_models,
 )
-from conftest import SHARED_DATA, require_shared
 from s2s2_monai.label_app.checks import check_modality_range
 from s2s2_monai.label_app.retrain import retrain, split_items, write_studies_datalist
 from s2s2_monai.label_app.segment import prepare_volume, segment_file
+from s2s2_monai.label_maps import get_label_map
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "bundles" / "synapse"

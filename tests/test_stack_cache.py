@@ -198,7 +198,7 @@ def test_peri_organ_band():
 
 
 def test_appearance_generator_statistics_determinism_and_batch_independence():
-    gen = AppearanceGenerator.from_slices(({"image": i, "label": l} for i, l in _toy_pairs()), modality="CT", min_pixels=4)
+    gen = AppearanceGenerator.from_slices(({"image": i, "label": y} for i, y in _toy_pairs()), modality="CT", min_pixels=4)
     assert set(gen.stats) == {"0", "1", "2", str(PERI_ORGAN)}
     mask = _toy_pairs()[0][1]
     imgs = gen.generate(mask[None], ["p"], [11], 64)[0]
@@ -232,7 +232,7 @@ def test_appearance_generator_statistics_determinism_and_batch_independence():
 def test_quality_bounds_fit_and_check():
     pairs = _toy_pairs(count=8)
     qb = QualityBounds.fit(pairs, UnitIntensity(), lower=0, upper=100, margin=0.0, abs_margin=0.0, min_pixels=4)
-    med1 = [np.median(np.clip(i[l == 1], 0, 1)) for i, l in pairs]
+    med1 = [np.median(np.clip(i[y == 1], 0, 1)) for i, y in pairs]
     assert qb.bounds[1] == pytest.approx((min(med1), max(med1)), abs=1e-5)
     assert 0 not in qb.bounds  # background is not an organ
     qb = QualityBounds.from_dict(QualityBounds.fit(pairs, UnitIntensity(), min_pixels=4).to_dict())

@@ -20,13 +20,19 @@ import pytest
 import torch
 
 from s2s2_monai.data.datalist import load_datalist
-from s2s2_monai.data.label_maps import SYNAPSE
 from s2s2_monai.data.slices import SliceDataset, VolumeCache
 from s2s2_monai.errors import S2S2InputError
+from s2s2_monai.label_maps import SYNAPSE
 from s2s2_monai.stack.base import StackGenerator, UnitIntensity
 from s2s2_monai.stack.conditioning import render_label_map, resize_images, resize_masks, voc_palette
 from s2s2_monai.stack.prompts import build_prompt
-from s2s2_monai.stack.sd_folder import check_controlnet_folder, check_sd_folder, folder_digest, load_controlnet, load_sd_components
+from s2s2_monai.stack.sd_folder import (
+    check_controlnet_folder,
+    check_sd_folder,
+    folder_digest,
+    load_controlnet,
+    load_sd_components,
+)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from tiny_diffusers import tiny_sd_folders  # noqa: E402
@@ -293,11 +299,16 @@ def test_finetune_overfits_and_writes_loadable_controlnet(tiny, tiny_demo, tmp_p
     from diffusers import ControlNetModel, DDPMScheduler
     from torch.utils.data import default_collate
 
-    from s2s2_monai.stack.finetune import ControlNetSliceDataset, controlnet_from_unet, controlnet_loss, train_controlnet
+    from s2s2_monai.stack.finetune import (
+        ControlNetSliceDataset,
+        controlnet_from_unet,
+        controlnet_loss,
+        train_controlnet,
+    )
 
     sd, _ = tiny
     steps = []
-    result = train_controlnet(sd, tiny_demo, tmp_path / "run", _train_config(max_steps=24, checkpoint_every=10, lr=3e-3), progress=False, callback=lambda s, l: steps.append(s))
+    result = train_controlnet(sd, tiny_demo, tmp_path / "run", _train_config(max_steps=24, checkpoint_every=10, lr=3e-3), progress=False, callback=lambda s, _loss: steps.append(s))
     assert result.steps == 24 and steps == list(range(1, 25)) and len(result.losses) == 24
     assert json.loads((tmp_path / "run" / "losses.json").read_text()) == result.losses
     trained = ControlNetModel.from_pretrained(result.controlnet_dir, local_files_only=True)

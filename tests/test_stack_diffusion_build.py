@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from tiny_diffusers import tiny_sd_folders  # tests/ is on sys.path (pytest rootdir-less test modules)
 
 from s2s2_monai.cli import main
 from s2s2_monai.data.slices import SliceDataset
 from s2s2_monai.stack.build import build_stack
 from s2s2_monai.stack.cache import StackCache
 from s2s2_monai.stack.pairs import StackPairDataset
-from tiny_diffusers import tiny_sd_folders  # tests/ is on sys.path (pytest rootdir-less test modules)
 
 
 def test_diffusion_stack_build_verify_and_pairs(tiny_demo, tmp_path):

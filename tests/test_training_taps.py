@@ -7,6 +7,7 @@ import torch
 from monai.networks.nets import UNETR, BasicUNet, SegResNet, SwinUNETR
 from torch import nn
 
+from s2s2_monai.networks import TransUNet
 from s2s2_monai.training.taps import (
     TAP_PRESETS,
     FeatureTap,
@@ -25,6 +26,7 @@ _BUILDERS = {
     "unetr": (lambda: UNETR(1, 3, img_size=(32, 32), spatial_dims=2, feature_size=4, hidden_size=32, mlp_dim=64, num_heads=2), "out"),
     "swin_unetr": (lambda: SwinUNETR(in_channels=1, out_channels=3, spatial_dims=2, feature_size=12, depths=(1, 1, 1, 1)), "out"),
     "segresnet": (lambda: SegResNet(spatial_dims=2, in_channels=1, out_channels=3, init_filters=8), "conv_final"),
+    "transunet": (lambda: TransUNet(1, 3, img_size=32, hidden_size=32, num_layers=1, num_heads=2, mlp_dim=64, block_units=(1, 1, 1), width_factor=0.5), "segmentation_head"),
 }
 
 

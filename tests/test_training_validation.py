@@ -12,7 +12,14 @@ from torch import nn
 
 from s2s2_monai.data.phantom import ORGANS
 from s2s2_monai.data.slices import VolumeCache
-from s2s2_monai.training.validation import VolumeDataset, VolumeEvaluator, VolumeMetric, first_item, volume_loader, volume_metrics
+from s2s2_monai.training.validation import (
+    VolumeDataset,
+    VolumeEvaluator,
+    VolumeMetric,
+    first_item,
+    volume_loader,
+    volume_metrics,
+)
 
 torch.set_num_threads(1)
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from s2s2_monai.data.label_maps import LABEL_REMAPS, SYNAPSE, SYNAPSE_PAPER_ORDER
+from s2s2_monai.label_maps import LABEL_REMAPS, SYNAPSE, SYNAPSE_PAPER_ORDER
 from s2s2_monai.transforms import CTWindow, CTWindowd, MRINormalize, MRINormalized, RemapLabels, RemapLabelsd
 
 

@@ -41,7 +41,7 @@ def _bytes_to_unicode() -> dict[int, str]:
 
 def prompt_words() -> list[str]:
     """Lower-case words of every prompt the project can build (all label maps)."""
-    from s2s2_monai.data.label_maps import LABEL_MAPS
+    from s2s2_monai.label_maps import LABEL_MAPS
     from s2s2_monai.stack.prompts import prompt_prefix
 
     words: set[str] = {"background"}

@@ -1,8 +1,8 @@
 """Cooperative training as a MONAI :class:`~monai.engines.SupervisedTrainer`.
 
-:class:`CooperativeTrainer` keeps MONAI's iteration (``prepare_batch``, AMP, gradient
-accumulation, ``IterationEvents``, one backward pass) and swaps in an inferer that runs the FTN
-on the noisy image and a loss that adds the STN, reconstruction and hard-example terms of
+:class:`CooperativeTrainer` is a :class:`~s2s2_monai.training.trainer.PairedTrainer` variant (MONAI's
+``prepare_batch``, AMP, gradient accumulation, ``IterationEvents``, one backward pass): its ``forward``
+runs the FTN on the noisy image and its ``loss`` adds the STN, reconstruction and hard-example terms of
 :func:`~s2s2_monai.cooperative.losses.cooperative_loss`. ``loss_function`` is the segmentation
 loss of every segmentation/shape term (cross-entropy upstream; see
 :func:`~s2s2_monai.cooperative.losses.label_ce`).
@@ -23,15 +23,13 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from monai.engines import SupervisedTrainer
-from monai.inferers import Inferer
 
 from s2s2_monai.cooperative.losses import cooperative_loss, ftn_pass, label_ce
 from s2s2_monai.cooperative.masks import MASK_KINDS, LatentMasker
 from s2s2_monai.cooperative.networks import CooperativeNet
 from s2s2_monai.training.consistency import consistency_distance
 from s2s2_monai.training.taps import unwrap_network
-from s2s2_monai.training.trainer import stack_batch
+from s2s2_monai.training.trainer import PairedTrainer
 
 __all__ = ["CooperativeTrainer", "cooperative_network"]
 
@@ -44,50 +42,7 @@ def cooperative_network(network: torch.nn.Module) -> CooperativeNet:
     return net
 
 
-class _FTNInferer(Inferer):
-    """Runs the FTN on the noisy input (and on x1 when there is one); keeps the passes for the loss."""
-
-    def __init__(self, trainer: CooperativeTrainer) -> None:
-        super().__init__()
-        self.trainer = trainer
-
-    def __call__(self, inputs: torch.Tensor, network: Callable, *args: Any, **kwargs: Any) -> torch.Tensor:
-        t = self.trainer
-        net = cooperative_network(network)
-        t._clean = inputs
-        t._noisy = inputs + t.input_noise * torch.randn_like(inputs) if t.input_noise > 0 else inputs
-        t._ftn = ftn_pass(net, t._noisy)
-        return t._ftn["logits"]
-
-
-class _CooperativeLoss:
-    """All cooperative terms (+ S2S2 terms with a stack member); records them in ``state.output``."""
-
-    def __init__(self, base: Callable, trainer: CooperativeTrainer) -> None:
-        self.base = base
-        self.trainer = trainer
-
-    def __call__(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        t = self.trainer
-        net = cooperative_network(t.network)
-        seg_loss = lambda p, y: self.base(p, y).mean()  # noqa: E731
-        total, terms, ftn = cooperative_loss(
-            net, t._clean, target, seg_loss, t.masker, t.input_noise, t.recon_weight, net_input=t._noisy, ftn=t._ftn
-        )
-        if t._stack_batch is not None:
-            other = ftn_pass(net, t._stack_batch)
-            seg_stack = seg_loss(other["logits"], target)
-            enc = consistency_distance(ftn["z_s"], other["z_s"], 1)
-            dec = consistency_distance(ftn["feat"], other["feat"], 1)
-            total = total + seg_stack + t.alpha_enc * enc + t.alpha_dec * dec
-            terms.update(loss_seg_stack=seg_stack.detach(), loss_enc=enc.detach(), loss_dec=dec.detach())
-        out = t.state.output
-        out.update(terms)
-        out["mask_kind"] = ftn.get("kind")
-        return total
-
-
-class CooperativeTrainer(SupervisedTrainer):
+class CooperativeTrainer(PairedTrainer):
     """:class:`~monai.engines.SupervisedTrainer` for FTN + STN cooperative training with latent masks.
 
     Takes every argument of ``SupervisedTrainer`` (``network`` must be a
@@ -127,26 +82,35 @@ class CooperativeTrainer(SupervisedTrainer):
         alpha_dec: float = 1.0,
         **kwargs: Any,
     ) -> None:
-        super().__init__(*args, loss_function=loss_function or label_ce, **kwargs)
+        super().__init__(*args, loss_function=loss_function or label_ce, use_stack=use_stack, stack_key=stack_key, **kwargs)
         cooperative_network(self.network)
         self.masker = LatentMasker(mask_kinds, max_p, soft, dropout_p, mask_seed) if latent_da else None
         self.input_noise = float(input_noise)
         self.recon_weight = float(recon_weight)
-        self.use_stack = bool(use_stack)
-        self.stack_key = stack_key
         self.alpha_enc = float(alpha_enc)
         self.alpha_dec = float(alpha_dec)
-        self._clean: torch.Tensor | None = None
-        self._noisy: torch.Tensor | None = None
-        self._ftn: dict | None = None
-        self._stack_batch: torch.Tensor | None = None
-        self.inferer = _FTNInferer(self)
-        self.loss_function = _CooperativeLoss(self.loss_function, self)
 
-    def _iteration(self, engine: SupervisedTrainer, batchdata: dict[str, torch.Tensor]) -> dict:
-        self._stack_batch = stack_batch(engine, batchdata, self.stack_key, self.use_stack)
-        try:
-            out = super()._iteration(engine, batchdata)
-        finally:
-            self._clean = self._noisy = self._ftn = self._stack_batch = None
-        return out
+    def forward(self, engine, x0, x1, args, kwargs) -> dict:
+        """The FTN on the noisy x0; the clean x0 and x1 are kept for the loss."""
+        noisy = x0 + self.input_noise * torch.randn_like(x0) if self.input_noise > 0 else x0
+        ftn = ftn_pass(cooperative_network(engine.network), noisy)
+        return {"pred": ftn["logits"], "_clean": x0, "_noisy": noisy, "_ftn": ftn, "_stack": x1}
+
+    def loss(self, engine, passes, y) -> tuple[torch.Tensor, dict]:
+        """All cooperative terms, plus the S2S2 terms when there is a stack member."""
+        net = cooperative_network(engine.network)
+
+        def seg_loss(p, t):
+            return engine.loss_function(p, t).mean()
+
+        total, terms, ftn = cooperative_loss(
+            net, passes["_clean"], y, seg_loss, self.masker, self.input_noise, self.recon_weight, net_input=passes["_noisy"], ftn=passes["_ftn"]
+        )
+        if passes["_stack"] is not None:
+            other = ftn_pass(net, passes["_stack"])
+            seg_stack = seg_loss(other["logits"], y)
+            enc = consistency_distance(ftn["z_s"], other["z_s"], 1)
+            dec = consistency_distance(ftn["feat"], other["feat"], 1)
+            total = total + seg_stack + self.alpha_enc * enc + self.alpha_dec * dec
+            terms.update(loss_seg_stack=seg_stack.detach(), loss_enc=enc.detach(), loss_dec=dec.detach())
+        return total, {**terms, "mask_kind": ftn.get("kind")}

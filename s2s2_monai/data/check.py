@@ -10,7 +10,6 @@ import numpy as np
 from s2s2_monai.data.datalist import SECTIONS, load_datalist
 from s2s2_monai.data.volumes import case_id_of, load_case
 from s2s2_monai.errors import S2S2InputError
-from s2s2_monai.transforms import RemapLabels
 
 __all__ = ["CaseCheck", "check_datalist", "format_table"]
 
@@ -35,6 +34,8 @@ def check_datalist(datalist_path: str | os.PathLike, data_root: str | os.PathLik
         S2S2InputError: the datalist itself is unusable (missing, invalid, empty).
     """
     dl = load_datalist(datalist_path, data_root)
+    from s2s2_monai.transforms import RemapLabels  # MONAI: only once the datalist itself is fine
+
     remap = RemapLabels(dl.label_remap) if dl.label_remap else None
     results = []
     for section in SECTIONS:

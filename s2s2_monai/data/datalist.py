@@ -3,8 +3,8 @@
 A datalist is ``{"training": [{"image": ..., "label": ...}, ...], "validation": [...],
 "test": [...]}`` plus optional project keys:
 
-- ``"label_map"``: name of the target :class:`~s2s2_monai.data.label_maps.LabelMap` (default synapse),
-- ``"label_remap"``: name of a :class:`~s2s2_monai.data.label_maps.LabelRemap` applied to the label files,
+- ``"label_map"``: name of the target :class:`~s2s2_monai.label_maps.LabelMap` (default synapse),
+- ``"label_remap"``: name of a :class:`~s2s2_monai.label_maps.LabelRemap` applied to the label files,
 - ``"modality"``: ``"CT"`` / ``"MRI"`` (default: the label map's).
 """
 
@@ -15,8 +15,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from s2s2_monai.data.label_maps import LabelMap, LabelRemap, get_label_map, get_label_remap
 from s2s2_monai.errors import S2S2InputError
+from s2s2_monai.label_maps import LabelMap, LabelRemap, get_label_map, get_label_remap
 
 __all__ = ["Datalist", "load_datalist"]
 
@@ -43,9 +43,26 @@ class Datalist:
         return self.label_remap.valid_ids() if self.label_remap else self.label_map.valid_ids()
 
 
-def _resolve(entry_value: str, root: Path) -> str:
-    p = Path(os.path.expanduser(entry_value))
-    return str(p if p.is_absolute() else root / p)
+def _resolve(value: object, root: Path, datalist: Path, what: str) -> str:
+    """Absolute path of an entry's ``image``/``label``; a relative path must stay inside ``root``.
+
+    Absolute paths are taken as written (the user chose them); a relative path that climbs out of
+    the data root with ``..`` (``../../etc/passwd``) is refused: the datalist would silently read
+    files of another dataset, whatever root it is given.
+    """
+    if not isinstance(value, str) or not value.strip():
+        raise S2S2InputError(datalist, f"{what} must be a path string, got {value!r}", "write each image/label as a path relative to the data root")
+    p = Path(os.path.expanduser(value))
+    if p.is_absolute():
+        return str(p)
+    norm = os.path.normpath(p)
+    if norm == os.pardir or norm.startswith(os.pardir + os.sep):
+        raise S2S2InputError(
+            datalist,
+            f"{what} {value!r} points outside the data root {root}",
+            "keep relative paths inside the data root (no leading '..'), or pass a --data-root / dataset_dir above the files, or write an absolute path",
+        )
+    return str(root / p)
 
 
 def load_datalist(path: str | os.PathLike, data_root: str | os.PathLike | None = None, sections=SECTIONS) -> Datalist:
@@ -84,7 +101,7 @@ def load_datalist(path: str | os.PathLike, data_root: str | os.PathLike | None =
                 entry = {"image": entry}
             if not isinstance(entry, dict) or "image" not in entry:
                 raise S2S2InputError(path, f"entry {i} of '{section}' has no 'image'", "each entry needs an 'image' path")
-            item = {k: _resolve(v, root) if k in ("image", "label") else v for k, v in entry.items()}
+            item = {k: _resolve(v, root, path, f"entry {i} of '{section}': {k}") if k in ("image", "label") else v for k, v in entry.items()}
             out.append(item)
         parsed[section] = out
     if not any(parsed.values()):

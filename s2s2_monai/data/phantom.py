@@ -11,7 +11,6 @@ writes the same bytes.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import numpy as np
 from scipy.ndimage import gaussian_filter
 from tqdm.auto import tqdm
 
+from s2s2_monai.atomic import write_json
 from s2s2_monai.data.volumes import save_nifti_atomic
 
 __all__ = ["make_phantom_case", "write_demo_data", "ORGANS"]
@@ -105,7 +105,4 @@ def write_demo_data(out: str | os.PathLike, cases: int = 6, seed: int = 0, shape
         "validation": entries[-n_val:],
         "test": entries[-n_val:],
     }
-    tmp = out / ".datalist.json.tmp"
-    tmp.write_text(json.dumps(datalist, indent=2) + "\n")
-    os.replace(tmp, out / "datalist.json")
-    return out / "datalist.json"
+    return write_json(out / "datalist.json", datalist)

@@ -15,14 +15,17 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import nibabel as nib
 import numpy as np
 import torch
-from monai.data import MetaTensor
-from monai.transforms import LoadImage, Orientation
 
 from s2s2_monai.errors import S2S2InputError
+
+if TYPE_CHECKING:  # MONAI is imported on the first read: a wrong path is reported in 2 s, not 10
+    from monai.data import MetaTensor
+    from monai.transforms import LoadImage
 
 __all__ = [
     "CANONICAL_AXCODES",
@@ -47,10 +50,12 @@ def spacing_of(affine: np.ndarray | torch.Tensor) -> np.ndarray:
     return np.sqrt((a * a).sum(axis=0))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _loader(reader: str | None) -> LoadImage:
     """One MONAI ``LoadImage`` per reader, built once. MONAI instantiates every reader it knows,
     including the GPU DICOM decoder, which warns on CPU-only machines; that noise is muted."""
+    from monai.transforms import LoadImage
+
     logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*nvImageCodec.*")
@@ -82,6 +87,9 @@ def load_volume(path: str | os.PathLike, is_label: bool = False) -> MetaTensor:
         raise S2S2InputError(path, "file not found", "check the path (relative paths are resolved against --data-root)")
     if path.is_dir() and not any(p.is_file() for p in path.iterdir()):
         raise S2S2InputError(path, "folder holds no DICOM files", "point to a folder with the .dcm files of one series")
+    from monai.data import MetaTensor
+    from monai.transforms import Orientation
+
     try:
         img = _loader(_reader_for(path))(str(path))
         img = Orientation(axcodes=CANONICAL_AXCODES, labels=_RAS_LABELS)(img)
@@ -92,7 +100,7 @@ def load_volume(path: str | os.PathLike, is_label: bool = False) -> MetaTensor:
         kind = "DICOM series" if path.is_dir() else "NIfTI file"
         raise S2S2InputError(
             path,
-            f"cannot read this {kind} ({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''})",
+            f"cannot read this {kind} ({type(exc).__name__}: {str(exc).splitlines()[0].replace(f': {path}.', '').replace(str(path), 'it')[:200] if str(exc) else ''})",
             "re-export or re-download it; a truncated .nii.gz is the usual cause",
         ) from None
     if path.is_dir():
@@ -104,7 +112,8 @@ def load_volume(path: str | os.PathLike, is_label: bool = False) -> MetaTensor:
                 "keep exactly one complete DICOM series per folder; re-export the unreadable files",
             )
     if img.ndim != 4 or img.shape[0] != 1:
-        raise S2S2InputError(path, f"expected one 3D volume, got array shape {tuple(arr.shape[1:])} with {arr.shape[0]} channels", "give a single-channel 3D image")
+        shape = tuple(arr.shape[1:]) + ((int(arr.shape[0]),) if arr.shape[0] > 1 else ())
+        raise S2S2InputError(path, f"expected one 3D volume, got a {len(shape)}D image of shape {shape}", "give a single-channel 3D image (split 4D series into one file per volume)")
     if is_label:
         if arr.is_floating_point() and not torch.equal(arr, torch.round(arr)):
             raise S2S2InputError(path, "label file holds non-integer values", "labels must be integer class ids")

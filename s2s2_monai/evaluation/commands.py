@@ -35,8 +35,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from s2s2_monai.data.label_maps import LABEL_MAPS
     from s2s2_monai.evaluation.metrics import DEFAULT_HD95, HD95_DEFINITIONS
+    from s2s2_monai.label_maps import LABEL_MAPS
 
     p = sub.add_parser("evaluate", help="Dice / HD95 / ASSD per case and organ, report with A/B statistics")
     p.add_argument("--pred-dir", action="append", required=True, metavar="[NAME=]DIR", help="prediction folder; repeat as NAME=DIR to compare methods (the first is the baseline)")

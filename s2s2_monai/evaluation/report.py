@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from s2s2_monai.atomic import json_safe, publish, write_json
 from s2s2_monai.evaluation.compare import paired_comparison
 from s2s2_monai.evaluation.evaluator import VolumeEvaluator
 
@@ -68,7 +69,7 @@ def summarize(ev: VolumeEvaluator, n_boot: int = 10000, seed: int = 0) -> dict:
     for m in ev.methods[1:]:
         cases = [c for c in ev.cases(base) if c in set(ev.cases(m))]
 
-        def paired(key, class_id=None):
+        def paired(key, class_id=None, m=m, cases=cases):
             a, b = ev.values(base, key, class_id), ev.values(m, key, class_id)
             return paired_comparison([a[c] for c in cases], [b[c] for c in cases], n_boot=n_boot, seed=seed)
 
@@ -84,17 +85,6 @@ def summarize(ev: VolumeEvaluator, n_boot: int = 10000, seed: int = 0) -> dict:
             }
         )
     return {"settings": ev.settings(), "methods": methods, "comparisons": comparisons, "versions": _versions()}
-
-
-def _clean(obj):
-    """NaN/inf -> None so that the JSON is standard."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
-    return obj
 
 
 def _write_csv(path: Path, ev: VolumeEvaluator) -> None:
@@ -227,22 +217,18 @@ def write_report(out_dir: str | os.PathLike, ev: VolumeEvaluator, n_boot: int = 
         The summary (as written to ``summary.json``).
     """
     out_dir = Path(out_dir)
-    summary = _clean(summarize(ev, n_boot=n_boot, seed=seed))
+    summary = json_safe(summarize(ev, n_boot=n_boot, seed=seed))
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp", dir=out_dir.parent))
     try:
         fig_dir = tmp / "figures"
         fig_dir.mkdir()
         _write_csv(tmp / "metrics.csv", ev)
-        (tmp / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=False))
+        write_json(tmp / "summary.json", summary)
         boxes = _box_plots(fig_dir, ev)
         overlays = _overlays(fig_dir, ev)
         (tmp / "report.html").write_text(_html(summary, ev, boxes, overlays))
-        out_dir.mkdir(parents=True, exist_ok=True)
-        if (out_dir / "figures").exists():
-            shutil.rmtree(out_dir / "figures")
-        for name in ("figures", "metrics.csv", "summary.json", "report.html"):  # html last: it marks a complete report
-            os.replace(tmp / name, out_dir / name)
+        publish(tmp, out_dir, ("figures", "metrics.csv", "summary.json", "report.html"))  # html last: marks a complete report
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return summary

@@ -14,11 +14,11 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from s2s2_monai.data.label_maps import LabelMap, get_label_map
 from s2s2_monai.errors import S2S2InputError
 from s2s2_monai.evaluation.evaluator import VolumeEvaluator
 from s2s2_monai.evaluation.metrics import DEFAULT_HD95
 from s2s2_monai.evaluation.report import write_report
+from s2s2_monai.label_maps import LabelMap, get_label_map
 
 __all__ = ["evaluate_folders", "evaluate_datalist", "numbered_label_map"]
 
@@ -60,7 +60,7 @@ def evaluate_folders(
     from s2s2_monai.data.volumes import load_volume, spacing_of
     from s2s2_monai.evaluation.folders import find_pairs, load_pair
 
-    lm = get_label_map(label_map) if isinstance(label_map, str) else label_map
+    lm = get_label_map(label_map)
     pairs = find_pairs(dict(pred_dirs), label_dir)
     ev = VolumeEvaluator(lm.classes, hd95=hd95, legacy_transunet=legacy_transunet, label_map=lm.name)
     for pair in tqdm(pairs, desc="evaluating", unit="case", disable=not progress):
@@ -128,7 +128,7 @@ def evaluate_datalist(
     entries = dl.items(section)
     if not entries:
         raise S2S2InputError(dl.path, f"datalist has no entries in section {section!r}", "choose a section with cases (training/validation/test)")
-    lm = dl.label_map if label_map is None else (get_label_map(label_map) if isinstance(label_map, str) else label_map)
+    lm = dl.label_map if label_map is None else get_label_map(label_map)
     intensity = intensity_for(dl.modality)
     remap = RemapLabels(dl.label_remap) if dl.label_remap else None
     ev = VolumeEvaluator(lm.classes, hd95=hd95, legacy_transunet=legacy_transunet, label_map=lm.name)

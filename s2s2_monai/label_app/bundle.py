@@ -26,9 +26,10 @@ from pathlib import Path
 
 import torch
 
+from s2s2_monai.atomic import torch_save
 from s2s2_monai.checkpoints import read_state_dict
-from s2s2_monai.data.label_maps import LabelMap, get_label_map
 from s2s2_monai.errors import S2S2InputError
+from s2s2_monai.label_maps import LabelMap, get_label_map
 
 __all__ = [
     "TRAIN_CONFIG",
@@ -126,15 +127,7 @@ def _load_strict(network: torch.nn.Module, state: dict, path: Path) -> None:
 
 def save_state_dict_atomic(state: dict, path: str | os.PathLike) -> Path:
     """``torch.save`` to a temporary name, then ``os.replace`` (readers never see half a file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        torch.save({k: v.detach().cpu() for k, v in state.items()}, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    path = torch_save({k: v.detach().cpu() for k, v in state.items()}, path)
     return path
 
 

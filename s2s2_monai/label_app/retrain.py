@@ -18,9 +18,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from s2s2_monai.data.label_maps import LabelMap
+from s2s2_monai.atomic import write_json
 from s2s2_monai.errors import S2S2InputError
 from s2s2_monai.label_app.bundle import METADATA, ModelBundle, read_state_dict, save_state_dict_atomic
+from s2s2_monai.label_maps import LabelMap
 
 __all__ = ["split_items", "write_studies_datalist", "retrain"]
 
@@ -56,10 +57,7 @@ def write_studies_datalist(items: Sequence[Mapping], label_map: LabelMap, out: s
         "training": [{"image": str(i["image"]), "label": str(i["label"])} for i in training],
         "validation": [{"image": str(i["image"]), "label": str(i["label"])} for i in validation],
     }
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(doc, indent=2) + "\n")
-    os.replace(tmp, out)
-    return out
+    return write_json(out, doc)
 
 
 def retrain(

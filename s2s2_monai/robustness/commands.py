@@ -59,8 +59,8 @@ def _robustness(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from s2s2_monai.data.label_maps import LABEL_MAPS
     from s2s2_monai.evaluation.metrics import HD95_DEFINITIONS
+    from s2s2_monai.label_maps import LABEL_MAPS
     from s2s2_monai.robustness.corruptions import CORRUPTIONS
 
     p = sub.add_parser("robustness", help="Dice on seeded corrupted copies (bias field, ghosting, motion, spike) of test volumes vs clean")

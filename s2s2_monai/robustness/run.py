@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import csv
 import html
-import json
 import os
 import shutil
 import tempfile
@@ -31,6 +30,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from s2s2_monai.atomic import json_safe, publish, write_json
 from s2s2_monai.checkpoints import read_state_dict
 from s2s2_monai.errors import S2S2InputError
 from s2s2_monai.robustness.corruptions import CORRUPTIONS, copy_seed, corrupt_volume
@@ -96,17 +96,6 @@ def load_bundle_network(
         return parser.get_parsed_content(key) if key in parser else None
 
     return network, {"input_size": setting("input_size"), "label_map": setting("label_map"), "hd95": setting("hd95")}
-
-
-def _json_safe(obj):
-    """NaN/inf -> None so that the JSON is standard."""
-    if isinstance(obj, float):
-        return obj if np.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    return obj
 
 
 def _mean_dice(metrics: dict) -> float:
@@ -191,13 +180,13 @@ def robustness_evaluation(
         ``{"summary": summary.json content, "robustness": robustness.json content}``.
     """
     from s2s2_monai.data.datalist import Datalist, load_datalist
-    from s2s2_monai.data.label_maps import get_label_map
     from s2s2_monai.data.slices import intensity_for
     from s2s2_monai.data.volumes import case_id_of, load_case
     from s2s2_monai.evaluation.evaluator import VolumeEvaluator
     from s2s2_monai.evaluation.inference import predict_volume
     from s2s2_monai.evaluation.metrics import DEFAULT_HD95
     from s2s2_monai.evaluation.report import write_report
+    from s2s2_monai.label_maps import get_label_map
     from s2s2_monai.transforms import RemapLabels
 
     corruptions = list(corruptions) if corruptions is not None else list(CORRUPTIONS)
@@ -210,7 +199,7 @@ def robustness_evaluation(
     entries = [e for e in dl.items(section) if e.get("label")]
     if not entries:
         raise S2S2InputError(dl.path, f"datalist has no labelled cases in section {section!r}", "choose a section with labelled cases (--section validation)")
-    lm = dl.label_map if label_map is None else (get_label_map(label_map) if isinstance(label_map, str) else label_map)
+    lm = dl.label_map if label_map is None else get_label_map(label_map)
     ev = VolumeEvaluator(lm.classes, hd95=hd95 or DEFAULT_HD95, label_map=lm.name)
     intensity = intensity_for(dl.modality)
     remap = RemapLabels(dl.label_remap) if dl.label_remap else None
@@ -261,18 +250,14 @@ def robustness_evaluation(
             w = csv.DictWriter(f, fieldnames=list(rows[0]))
             w.writeheader()
             w.writerows(rows)
-        (rep / "robustness.json").write_text(json.dumps(_json_safe(robustness), indent=2, allow_nan=False))
+        write_json(rep / "robustness.json", robustness)
         _plot(rep / "figures" / "robustness_dice.png", clean_scores, scores)
         page = (rep / "report.html").read_text()
         cut = page.rfind("<h2>Per organ</h2>")
         section_html = _html_section(table, copies, seed)
         page = page[:cut] + section_html + "\n" + page[cut:] if cut >= 0 else page.replace("</body>", section_html + "</body>")
         (rep / "report.html").write_text(page.replace("<title>s2s2 evaluation</title>", "<title>s2s2 robustness</title>", 1))
-        out_dir.mkdir(parents=True, exist_ok=True)
-        if (out_dir / "figures").exists():
-            shutil.rmtree(out_dir / "figures")
-        for name in ("figures", "metrics.csv", "summary.json", "robustness.csv", "robustness.json", "report.html"):
-            os.replace(rep / name, out_dir / name)
+        publish(rep, out_dir, ("figures", "metrics.csv", "summary.json", "robustness.csv", "robustness.json", "report.html"))
     finally:
         shutil.rmtree(stage, ignore_errors=True)
-    return {"summary": summary, "robustness": _json_safe(robustness)}
+    return {"summary": summary, "robustness": json_safe(robustness)}

@@ -171,7 +171,7 @@ class AppearanceGenerator(StackGenerator):
 
     # ------------------------------------------------------------------ fitting
     @classmethod
-    def from_slices(cls, slices: Iterable, modality: str = "CT", min_pixels: int = 16, **kwargs) -> "AppearanceGenerator":
+    def from_slices(cls, slices: Iterable, modality: str = "CT", min_pixels: int = 16, **kwargs) -> AppearanceGenerator:
         """Fit statistics from slices: dicts with ``image``/``label`` (e.g. a ``SliceDataset``) or pairs."""
 
         def pairs():
@@ -187,7 +187,7 @@ class AppearanceGenerator(StackGenerator):
         return cls(label_statistics(pairs(), UnitIntensity.for_modality(modality), min_pixels, band_fraction=band), **kwargs)
 
     @classmethod
-    def fit(cls, volumes, data_root: str | os.PathLike | None = None, min_pixels: int = 16, **kwargs) -> "AppearanceGenerator":
+    def fit(cls, volumes, data_root: str | os.PathLike | None = None, min_pixels: int = 16, **kwargs) -> AppearanceGenerator:
         """Fit statistics on the labelled training cases.
 
         Args:

@@ -27,7 +27,7 @@ class UnitIntensity:
     hi: float = 1.0
 
     @classmethod
-    def for_modality(cls, modality: str) -> "UnitIntensity":
+    def for_modality(cls, modality: str) -> UnitIntensity:
         return cls(0.0, 1.0) if modality.upper() == "CT" else cls(-3.0, 5.0)
 
     def to_unit(self, x: np.ndarray) -> np.ndarray:

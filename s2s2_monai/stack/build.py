@@ -21,6 +21,7 @@ Properties:
 from __future__ import annotations
 
 import io
+import logging
 import os
 import time
 from datetime import timedelta
@@ -44,6 +45,8 @@ from s2s2_monai.stack.prompts import build_prompt
 from s2s2_monai.stack.quality import QualityBounds, check_and_regenerate
 
 __all__ = ["build_stack", "make_generator", "slice_jobs", "write_contact_sheet"]
+
+logger = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------------------- distributed
@@ -209,12 +212,19 @@ def build_stack(
         entries regenerated), ``rank``/``world_size``, ``seconds``, and on rank 0 the cache
         :meth:`~s2s2_monai.stack.cache.StackCache.info` fields (``digest``, ``qc_pass_rate``, ...).
     """
-    from s2s2_monai.data.slices import VolumeCache
-
     if int(n) < 1:
         raise S2S2InputError(None, f"--n must be >= 1, got {n}", "ask for at least one member per mask")
     if int(batch_size) < 1:
         raise S2S2InputError(None, f"--batch-size must be >= 1, got {batch_size}", "use a positive batch size")
+    if Path(out_dir).exists() and not Path(out_dir).is_dir():
+        raise S2S2InputError(out_dir, "exists and is not a folder", "give --out a new or existing stack cache folder")
+    if isinstance(datalist, (str, os.PathLike)):  # the datalist's own errors before the imaging stack (MONAI) is imported
+        from s2s2_monai.data.datalist import load_datalist
+
+        datalist = load_datalist(datalist, data_root)
+        if not datalist.items("training"):
+            raise S2S2InputError(datalist.path, "datalist has no 'training' entries", "list the training cases whose masks get stacks")
+    from s2s2_monai.data.slices import VolumeCache
     t0 = time.perf_counter()
     rank, world, local_rank, init_here = _init_distributed()
     try:
@@ -255,6 +265,7 @@ def build_stack(
                 skipped += 1
                 continue
             if status == "corrupt":
+                logger.warning("corrupt stack entry %s (checksum or size), rebuilding it", cache.entry_path(key))
                 cache.remove_entry(key)
                 rebuilt += 1
             todo.append(key)

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from s2s2_monai.atomic import write_bytes
 from s2s2_monai.errors import S2S2InputError
 
 __all__ = [
@@ -164,33 +165,9 @@ def _decode(codec: str, data: bytes, shape: tuple[int, int]) -> np.ndarray:
     return arr
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def atomic_write_bytes(path: Path, data: bytes, fault: str | None = None) -> None:
-    """Write ``data`` to ``path`` via a fsynced temporary file and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{_TMP_PREFIX}{path.name}.{os.getpid()}")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        if fault:
-            _fault_point(fault)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    _fsync_dir(path.parent)
+    """:func:`s2s2_monai.atomic.write_bytes` with fsync, and an optional test fault point before the rename."""
+    write_bytes(path, data, fsync=True, before_replace=(lambda: _fault_point(fault)) if fault else None)
 
 
 _FAULT_COUNTS: dict[str, int] = {}

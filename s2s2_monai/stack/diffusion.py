@@ -21,10 +21,16 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from s2s2_monai.data.label_maps import LabelMap, get_label_map
+from s2s2_monai.label_maps import LabelMap, get_label_map
 from s2s2_monai.stack.base import StackGenerator
 from s2s2_monai.stack.conditioning import render_label_map, resize_images
-from s2s2_monai.stack.sd_folder import check_controlnet_folder, check_sd_folder, folder_digest, load_controlnet, load_sd_components
+from s2s2_monai.stack.sd_folder import (
+    check_controlnet_folder,
+    check_sd_folder,
+    folder_digest,
+    load_controlnet,
+    load_sd_components,
+)
 
 __all__ = ["DiffusionGenerator", "member_seed"]
 
@@ -79,7 +85,7 @@ class DiffusionGenerator(StackGenerator):
         self.dtype = torch.float16 if self.device.type == "cuda" else torch.float32
         self.resolution, self.steps, self.guidance_scale, self.eta = int(resolution), int(steps), float(guidance_scale), float(eta)
         self.batch_size, self.progress = int(batch_size), progress
-        self.label_map = get_label_map(label_map) if isinstance(label_map, str) else label_map
+        self.label_map = get_label_map(label_map)
         parts = load_sd_components(self.sd_dir, torch_dtype=self.dtype)
         controlnet = load_controlnet(self.controlnet_dir, self.sd_dir, torch_dtype=self.dtype)
         factor = 2 ** (len(parts.vae.config.block_out_channels) - 1) * 2 ** (len(parts.unet.config.block_out_channels) - 1)

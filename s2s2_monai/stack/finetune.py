@@ -23,7 +23,6 @@ gives the same weights as an uninterrupted run (on the CPU bit for bit).
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import random
@@ -38,11 +37,12 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from s2s2_monai.atomic import write_folder, write_json
 from s2s2_monai.checkpoints import STEP_DIR, newest_readable, numbered_checkpoints, torch_load
 from s2s2_monai.data.datalist import Datalist, load_datalist
-from s2s2_monai.data.label_maps import LabelMap
 from s2s2_monai.data.slices import SliceDataset, VolumeCache
 from s2s2_monai.errors import S2S2InputError
+from s2s2_monai.label_maps import LabelMap
 from s2s2_monai.stack.base import UnitIntensity
 from s2s2_monai.stack.conditioning import render_label_map, resize_images
 from s2s2_monai.stack.prompts import build_prompt
@@ -222,21 +222,6 @@ def _set_rng_states(states: dict, generator: torch.Generator) -> None:
     random.setstate((version, tuple(internal), gauss))
 
 
-def _atomic_dir(final: Path, write: Callable[[Path], None]) -> None:
-    """Write a folder via ``write(tmp)`` then rename it to ``final`` (replacing an old one)."""
-    tmp = final.parent / f".tmp-{final.name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    write(tmp)
-    if final.exists():
-        old = final.parent / f".old-{final.name}-{os.getpid()}"
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
-
-
 def _save_checkpoint(out: Path, step: int, controlnet, state: dict, keep: int) -> Path:
     def write(tmp: Path) -> None:
         controlnet.save_pretrained(tmp / "controlnet")
@@ -244,16 +229,10 @@ def _save_checkpoint(out: Path, step: int, controlnet, state: dict, keep: int) -
 
     root = out / "checkpoints"
     final = root / f"step-{step:08d}"
-    _atomic_dir(final, write)
+    write_folder(final, write)
     for old in numbered_checkpoints(root, STEP_DIR)[keep:]:  # moved-aside (.corrupt) folders are kept
         shutil.rmtree(old, ignore_errors=True)
     return final
-
-
-def _write_json_atomic(path: Path, obj) -> None:
-    tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2), encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def train_controlnet(
@@ -349,7 +328,7 @@ def train_controlnet(
     for stale in [*(out / "checkpoints").glob(".tmp-*"), *(out / "checkpoints").glob(".old-*")]:
         shutil.rmtree(stale, ignore_errors=True)
     run_info = {**asdict(config), "sd_dir": str(Path(sd_dir).resolve()), "sd_digest": folder_digest(sd_dir), "slices": len(data), "total_steps": total}
-    _write_json_atomic(out / "train_config.json", run_info)
+    write_json(out / "train_config.json", run_info)
 
     def checkpoint() -> None:
         payload = {
@@ -403,6 +382,6 @@ def train_controlnet(
     if newest is None or int(STEP_DIR.match(newest.name).group(1)) != step:
         checkpoint()  # e.g. resumed at the end already, or total == 0
 
-    _atomic_dir(out / "controlnet", lambda tmp: controlnet.save_pretrained(tmp))
-    _write_json_atomic(out / "losses.json", losses)
+    write_folder(out / "controlnet", lambda tmp: controlnet.save_pretrained(tmp))
+    write_json(out / "losses.json", losses)
     return TrainResult(controlnet_dir=out / "controlnet", steps=step, losses=losses, resumed_from=resumed_from)

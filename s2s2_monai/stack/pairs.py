@@ -19,7 +19,7 @@ from torch.utils.data import Dataset
 
 from s2s2_monai.errors import S2S2InputError
 from s2s2_monai.stack.base import UnitIntensity
-from s2s2_monai.stack.cache import StackCache, entry_key, from_uint8
+from s2s2_monai.stack.cache import CorruptEntryError, StackCache, entry_key, from_uint8
 from s2s2_monai.stack.prompts import build_prompt
 
 __all__ = ["StackPairDataset"]
@@ -33,11 +33,12 @@ class StackPairDataset(Dataset):
         cache_dir: a stack cache built by ``s2s2 stack build``.
         transform: MONAI dictionary transform applied after x1 is attached.
         generator: if given, the cache must have been built with this generator name.
-        check: at construction, fail fast if any slice has no stack entry.
+        check: at construction, fail fast if any slice has no stack entry or a damaged one
+            (header checksum and file size; member checksums are checked on every read).
 
     Raises:
-        S2S2InputError: no cache, another label map, or a slice without an entry (names the case
-            and slice and says to run ``s2s2 stack build``).
+        S2S2InputError: no cache, another label map, a slice without an entry or with a corrupt one
+            (names the case, slice and entry file and says to run ``s2s2 stack build``).
     """
 
     def __init__(
@@ -63,6 +64,7 @@ class StackPairDataset(Dataset):
         self.unit = UnitIntensity(*manifest["unit"])
         self.n = int(manifest["n"])
         self._keys: dict[tuple[int, int], str] = {}
+        self._checked: set[str] = set()
         if check:
             for i in range(len(self.slices)):
                 self._require(i)
@@ -90,19 +92,37 @@ class StackPairDataset(Dataset):
             f"run `s2s2 stack build --datalist {self.slices.volumes.datalist.path} --out {self.cache.root}`",
         )
 
+    def _corrupt(self, i: int, key: str, why: str) -> S2S2InputError:
+        ci, z = self.slices.index[i]
+        case = self.slices.volumes.cases[ci]
+        return S2S2InputError(
+            self.cache.entry_path(key),
+            f"stack entry of case {case.case_id} slice {z} is corrupt ({why})",
+            f"run `s2s2 stack build --datalist {self.slices.volumes.datalist.path} --out {self.cache.root}` to rebuild corrupt entries "
+            f"(`s2s2 stack verify {self.cache.root}` lists them)",
+        )
+
     def _require(self, i: int) -> str:
         key = self.key_of(i)
-        if not self.cache.has(key):
-            raise self._missing(i)
+        if key not in self._checked:
+            status = self.cache.check_entry(key, full=False)
+            if status == "missing":
+                raise self._missing(i)
+            if status == "corrupt":
+                raise self._corrupt(i, key, "truncated or damaged header")
+            self._checked.add(key)
         return key
 
     def __getitem__(self, i: int) -> dict:
         item = self.slices.slice_item(i)
         member = int(torch.randint(self.n, (1,)).item())
+        key = self.key_of(i)
         try:  # no separate existence check: the read itself says when the entry is missing
-            x1 = self.cache.read_member(self.key_of(i), member)
+            x1 = self.cache.read_member(key, member)
         except (KeyError, FileNotFoundError):
             raise self._missing(i) from None
+        except CorruptEntryError as exc:
+            raise self._corrupt(i, key, str(exc)) from None
         if x1.shape != tuple(item["image"].shape[1:]):
             raise S2S2InputError(self.cache.root, f"stack of case {item['case_id']} slice {item['slice_index']} is {x1.shape}, the slice is {tuple(item['image'].shape[1:])}", "rebuild the stack from this datalist")
         item["image_stack"] = torch.from_numpy(self.unit.from_unit(from_uint8(x1))[None].astype(np.float32))

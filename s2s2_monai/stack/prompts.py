@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from s2s2_monai.data.label_maps import LabelMap
+from s2s2_monai.label_maps import LabelMap
 
 __all__ = ["prompt_prefix", "build_prompt"]
 

@@ -63,7 +63,7 @@ class QualityBounds:
         abs_margin: float = 0.05,
         min_pixels: int = 16,
         retries: int = 3,
-    ) -> "QualityBounds":
+    ) -> QualityBounds:
         """Learn bounds from real ``(image, label)`` slices (network intensity space)."""
         medians: dict[int, list[float]] = {}
         for image, label in pairs:
@@ -78,7 +78,7 @@ class QualityBounds:
         return cls(bounds, min_pixels, retries)
 
     @classmethod
-    def fit_volumes(cls, volumes, **kwargs) -> "QualityBounds":
+    def fit_volumes(cls, volumes, **kwargs) -> QualityBounds:
         """:meth:`fit` on every slice of a :class:`~s2s2_monai.data.slices.VolumeCache`."""
         pairs = (
             (case.image[:, :, z], case.label[:, :, z])
@@ -97,7 +97,7 @@ class QualityBounds:
         }
 
     @classmethod
-    def from_dict(cls, d: dict) -> "QualityBounds":
+    def from_dict(cls, d: dict) -> QualityBounds:
         return cls({int(k): (float(v[0]), float(v[1])) for k, v in d["bounds"].items()}, int(d["min_pixels"]), int(d["retries"]))
 
     def failures(self, image: np.ndarray, mask: np.ndarray) -> dict[int, float]:

@@ -112,12 +112,14 @@ def check_controlnet_folder(controlnet_dir: str | os.PathLike, sd_dir: str | os.
         sd = Path(sd_dir)
         unet = _read_json(sd / "unet" / "config.json", "Stable Diffusion folder", SD_LAYOUT)
         vae = _read_json(sd / "vae" / "config.json", "Stable Diffusion folder", SD_LAYOUT)
-        if cfg.get("cross_attention_dim") != unet.get("cross_attention_dim"):
-            raise S2S2InputError(
-                root / "config.json",
-                f"ControlNet cross_attention_dim {cfg.get('cross_attention_dim')} does not match the SD UNet's {unet.get('cross_attention_dim')}",
-                "use the ControlNet trained on this --sd-dir",
-            )
+        # the ControlNet's residuals are added to the UNet's down and mid blocks: same widths and depths
+        for key in ("cross_attention_dim", "in_channels", "block_out_channels", "layers_per_block"):
+            if key in cfg and key in unet and _as_list(cfg[key]) != _as_list(unet[key]):
+                raise S2S2InputError(
+                    root / "config.json",
+                    f"ControlNet {key} {cfg[key]} does not match the SD UNet's {unet[key]} ({sd / 'unet' / 'config.json'}): it was made for another base model",
+                    "use the ControlNet trained on this --sd-dir (s2s2 controlnet train --sd-dir ...)",
+                )
         cond = cfg.get("conditioning_embedding_out_channels") or (16, 32, 96, 256)
         cond_factor, vae_factor = 2 ** (len(cond) - 1), 2 ** (len(vae.get("block_out_channels", [0])) - 1)
         if cond_factor != vae_factor:
@@ -127,6 +129,10 @@ def check_controlnet_folder(controlnet_dir: str | os.PathLike, sd_dir: str | os.
                 "use the ControlNet trained on this --sd-dir",
             )
     return root
+
+
+def _as_list(value):
+    return list(value) if isinstance(value, (list, tuple)) else value
 
 
 @dataclass

@@ -262,11 +262,9 @@ def load_weights(network, path: str | os.PathLike, device=None, exit_on_error: b
     Raises:
         S2S2InputError: no such file, or weights that do not fit the network.
     """
-    import torch
-
-    from s2s2_monai.training.taps import unwrap_network
 
     from s2s2_monai.checkpoints import read_state_dict
+    from s2s2_monai.training.taps import unwrap_network
 
     path = Path(path)
     try:
@@ -332,12 +330,12 @@ def infer_to_nifti(
     import torch
     from tqdm.auto import tqdm
 
-    from s2s2_monai.data.label_maps import get_label_map
     from s2s2_monai.data.slices import intensity_for
     from s2s2_monai.data.volumes import case_id_of, load_case, save_nifti_atomic, to_source_orientation
     from s2s2_monai.evaluation.inference import predict_volume
+    from s2s2_monai.label_maps import get_label_map
 
-    lm = get_label_map(label_map) if isinstance(label_map, str) else label_map
+    lm = get_label_map(label_map)
     intensity = intensity_for(lm.modality)
     written = []
     for image, case_id in tqdm(_inference_inputs(inputs, section, data_root), desc="inference", unit="case", disable=not progress):

@@ -14,6 +14,8 @@ forward pass (x0, then x1).
   pre-head ``decoder1``.
 - ``segresnet`` (:class:`monai.networks.nets.SegResNet`, default 3 up-blocks): ``down_layers.3``,
   pre-head ``up_layers.2``.
+- ``transunet`` (:class:`s2s2_monai.networks.TransUNet`, the paper's Table 6 base model): the normed ViT
+  tokens ``transformer.encoder.encoder_norm`` (B, 196, 768), cosine over the hidden dim; pre-head ``decoder``.
 """
 
 from __future__ import annotations
@@ -61,9 +63,10 @@ TAP_PRESETS: dict[str, dict[str, TapSpec]] = {
     "unetr": {"enc": TapSpec("vit", channel_dim=-1, output_index=0), "dec": TapSpec("decoder2")},
     "swin_unetr": {"enc": TapSpec("swinViT", output_index=-1), "dec": TapSpec("decoder1")},
     "segresnet": {"enc": TapSpec("down_layers.3"), "dec": TapSpec("up_layers.2")},
+    "transunet": {"enc": TapSpec("transformer.encoder.encoder_norm", channel_dim=-1), "dec": TapSpec("decoder")},
 }
 
-_PRESET_OF_CLASS = {"BasicUNet": "basic_unet", "BasicUnet": "basic_unet", "UNETR": "unetr", "SwinUNETR": "swin_unetr", "SegResNet": "segresnet"}
+_PRESET_OF_CLASS = {"BasicUNet": "basic_unet", "BasicUnet": "basic_unet", "UNETR": "unetr", "SwinUNETR": "swin_unetr", "SegResNet": "segresnet", "TransUNet": "transunet"}
 
 
 def get_tap_preset(name: str) -> dict[str, TapSpec]:

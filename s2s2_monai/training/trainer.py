@@ -6,10 +6,12 @@ statistics), and sums the segmentation loss of both:
 
     loss = Lseg(net(x0), y) + Lseg(net(x1), y)
 
-The iteration itself is MONAI's: this class only swaps in an inferer that makes the second pass and
-a loss that adds the second term, so AMP, gradient accumulation and the standard
-``IterationEvents`` (FORWARD_COMPLETED after both passes, LOSS_COMPLETED, BACKWARD_COMPLETED,
-MODEL_COMPLETED) behave exactly as in MONAI. The consistency terms ``alpha * D(f(x0), f(x1))``
+The data path is MONAI's: :class:`PrepareStackBatch` (a ``prepare_batch``) moves x0, y and x1 to the
+device and hands x1 on as a keyword argument; :class:`PairedTrainer` writes the iteration out
+explicitly (same steps, AMP, gradient accumulation and ``IterationEvents`` as MONAI 1.6's
+``SupervisedTrainer._iteration``: FORWARD_COMPLETED after both passes, LOSS_COMPLETED,
+BACKWARD_COMPLETED, MODEL_COMPLETED), with two small hooks a variant overrides (nnU-Net style):
+``forward`` (the passes) and ``loss`` (the terms). The consistency terms ``alpha * D(f(x0), f(x1))``
 are added at LOSS_COMPLETED by :class:`~s2s2_monai.training.handlers.ConsistencyHandler` event
 handlers. A batch without ``image_stack`` (or ``use_stack=False``) runs the plain single-pass
 baseline, identical to ``SupervisedTrainer``.
@@ -20,83 +22,132 @@ Extra keys in ``engine.state.output``: ``pred_stack`` (prediction of x1), ``loss
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 from monai.engines import SupervisedTrainer
-from monai.inferers import Inferer, SimpleInferer
+from monai.engines.utils import IterationEvents, PrepareBatch, default_prepare_batch
+from monai.utils import CommonKeys as Keys
 
-__all__ = ["S2S2Trainer", "STACK_KEY", "PRED_STACK_KEY"]
+from s2s2_monai.errors import input_error_in
+
+__all__ = ["PairedTrainer", "PrepareStackBatch", "S2S2Trainer", "STACK_KEY", "PRED_STACK_KEY"]
 
 #: batch key of the stack member x1 and output key of its prediction
 STACK_KEY = "image_stack"
 PRED_STACK_KEY = "pred_stack"
 
 
-class _TwoPassInferer(Inferer):
-    """Runs ``base`` on x0 and, when the trainer holds a stack batch, on x1 in a second pass."""
+class PrepareStackBatch(PrepareBatch):
+    """``prepare_batch`` for pairs: ``(x0, y, (), {stack_key: x1})`` on the device (x1 absent: ``{}``)."""
 
-    def __init__(self, base: Inferer, trainer: S2S2Trainer) -> None:
-        super().__init__()
-        self.base = base
-        self.trainer = trainer
+    def __init__(self, stack_key: str = STACK_KEY) -> None:
+        self.stack_key = stack_key
 
-    def __call__(self, inputs: torch.Tensor, network: Callable, *args: Any, **kwargs: Any) -> Any:
-        pred = self.base(inputs, network, *args, **kwargs)
-        stack = self.trainer._stack_batch
-        if stack is not None:
-            self.trainer.state.output[PRED_STACK_KEY] = self.base(stack, network, *args, **kwargs)
-        return pred
+    def __call__(self, batchdata, device=None, non_blocking: bool = False, **kwargs: Any):
+        x0, y = default_prepare_batch(batchdata, device, non_blocking, **kwargs)
+        x1 = batchdata.get(self.stack_key) if isinstance(batchdata, Mapping) else None
+        extra = {} if x1 is None else {self.stack_key: torch.as_tensor(x1).to(device=device, non_blocking=non_blocking, **kwargs)}
+        return x0, y, (), extra
 
 
-class _PairLoss:
-    """``Lseg(pred, y) + Lseg(pred_stack, y)``; records both terms in ``engine.state.output``."""
+class PairedTrainer(SupervisedTrainer):
+    """A ``SupervisedTrainer`` whose iteration is written out with two hooks, for (x0, x1, y) training.
 
-    def __init__(self, base: Callable, trainer: S2S2Trainer) -> None:
-        self.base = base
-        self.trainer = trainer
-
-    def __call__(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        out = self.trainer.state.output
-        loss = self.base(pred, target).mean()
-        out["loss_seg"] = loss.detach()
-        if PRED_STACK_KEY in out:
-            loss_stack = self.base(out[PRED_STACK_KEY], target).mean()
-            out["loss_seg_stack"] = loss_stack.detach()
-            loss = loss + loss_stack
-        return loss
-
-
-def stack_batch(engine: SupervisedTrainer, batchdata, key: str, use_stack: bool) -> torch.Tensor | None:
-    """The batch's stack member x1 on the engine's device, or ``None`` (no stack / disabled)."""
-    stack = batchdata.get(key) if isinstance(batchdata, Mapping) and use_stack else None
-    if stack is None:
-        return None
-    return torch.as_tensor(stack).to(engine.state.device, non_blocking=engine.non_blocking, **engine.to_kwargs)
-
-
-class S2S2Trainer(SupervisedTrainer):
-    """:class:`~monai.engines.SupervisedTrainer` with a second forward pass on the stack member.
-
-    Takes every argument of ``SupervisedTrainer`` plus:
+    Subclasses implement :meth:`forward` (returns the passes, ``"pred"`` at least) and :meth:`loss`
+    (returns the total loss and detached terms); nothing travels through attributes of the trainer.
 
     Args:
         stack_key: batch key of x1 (default ``"image_stack"``), same intensity space as ``image``.
-        use_stack: ``False`` ignores x1 even when the batch has it (the plain baseline).
+        use_stack: ``False`` ignores x1 even when the batch has it.
+        kwargs: every argument of ``SupervisedTrainer`` (``prepare_batch`` defaults to :class:`PrepareStackBatch`).
     """
 
     def __init__(self, *args: Any, stack_key: str = STACK_KEY, use_stack: bool = True, **kwargs: Any) -> None:
+        kwargs.setdefault("prepare_batch", PrepareStackBatch(stack_key))
         super().__init__(*args, **kwargs)
         self.stack_key = stack_key
-        self.use_stack = use_stack
-        self._stack_batch: torch.Tensor | None = None
-        self.inferer = _TwoPassInferer(self.inferer if self.inferer is not None else SimpleInferer(), self)
-        self.loss_function = _PairLoss(self.loss_function, self)
+        self.use_stack = bool(use_stack)
 
-    def _iteration(self, engine: SupervisedTrainer, batchdata: dict[str, torch.Tensor]) -> dict:
-        self._stack_batch = stack_batch(engine, batchdata, self.stack_key, self.use_stack)
-        try:
-            return super()._iteration(engine, batchdata)
-        finally:
-            self._stack_batch = None
+    def _handle_exception(self, e: BaseException) -> None:
+        """Bad input (an :class:`~s2s2_monai.errors.S2S2InputError` behind ``e``) stops the run with its
+        one-line message; MONAI's handlers would log a traceback first."""
+        if input_error_in(e) is not None:
+            raise e
+        super()._handle_exception(e)
+
+    def forward(self, engine: PairedTrainer, x0: torch.Tensor, x1: torch.Tensor | None, args: tuple, kwargs: dict) -> dict:
+        """The forward passes of one iteration: ``{"pred": ..., ...}`` (kept in ``state.output``)."""
+        raise NotImplementedError
+
+    def loss(self, engine: PairedTrainer, passes: dict, y: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """``(total loss, {"loss_<term>": detached value})`` from the passes."""
+        raise NotImplementedError
+
+    def _iteration(self, engine: PairedTrainer, batchdata: dict[str, torch.Tensor]) -> dict:
+        if batchdata is None:
+            raise ValueError("Must provide batch data for current iteration.")
+        batch = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)
+        x0, y, args, kwargs = (*batch, (), {}) if len(batch) == 2 else batch
+        kwargs = dict(kwargs)
+        x1 = kwargs.pop(self.stack_key, None)
+        x1 = x1 if self.use_stack else None
+        engine.state.output = out = {Keys.IMAGE: x0, Keys.LABEL: y}
+
+        def compute() -> None:
+            passes = self.forward(engine, x0, x1, args, kwargs)
+            out.update({Keys.PRED if k == "pred" else k: v for k, v in passes.items() if not k.startswith("_")})
+            engine.fire_event(IterationEvents.FORWARD_COMPLETED)
+            total, terms = self.loss(engine, passes, y)
+            out.update(terms)
+            out[Keys.LOSS] = total
+            engine.fire_event(IterationEvents.LOSS_COMPLETED)
+
+        acc = engine.accumulation_steps
+        local = (engine.state.iteration - 1) % engine.state.epoch_length if engine.state.epoch_length else engine.state.iteration - 1
+        zero_grad = acc <= 1 or local % acc == 0
+        step = acc <= 1 or (local + 1) % acc == 0 or (engine.state.epoch_length is not None and local + 1 == engine.state.epoch_length)
+        engine.network.train()
+        if zero_grad:
+            engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
+        scaler = engine.scaler if engine.amp else None
+        if scaler is not None:
+            with torch.autocast("cuda", **engine.amp_kwargs):
+                compute()
+        else:
+            compute()
+        loss = out[Keys.LOSS] / acc if acc > 1 else out[Keys.LOSS]  # read after LOSS_COMPLETED: handlers add terms
+        (scaler.scale(loss) if scaler is not None else loss).backward()
+        engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
+        if step:
+            if scaler is not None:
+                scaler.step(engine.optimizer)
+                scaler.update()
+            else:
+                engine.optimizer.step()
+        engine.fire_event(IterationEvents.MODEL_COMPLETED)
+        return out
+
+
+class S2S2Trainer(PairedTrainer):
+    """:class:`PairedTrainer` with a second forward pass on the stack member and ``Lseg`` on both.
+
+    Takes every argument of ``SupervisedTrainer`` plus ``stack_key`` and ``use_stack`` (``False``: the
+    plain baseline, identical to ``SupervisedTrainer``).
+    """
+
+    def forward(self, engine, x0, x1, args, kwargs) -> dict:
+        passes = {"pred": engine.inferer(x0, engine.network, *args, **kwargs)}
+        if x1 is not None:
+            passes[PRED_STACK_KEY] = engine.inferer(x1, engine.network, *args, **kwargs)
+        return passes
+
+    def loss(self, engine, passes, y) -> tuple[torch.Tensor, dict]:
+        loss = engine.loss_function(passes["pred"], y).mean()
+        terms = {"loss_seg": loss.detach()}
+        if PRED_STACK_KEY in passes:
+            loss_stack = engine.loss_function(passes[PRED_STACK_KEY], y).mean()
+            terms["loss_seg_stack"] = loss_stack.detach()
+            loss = loss + loss_stack
+        return loss, terms

@@ -21,8 +21,8 @@ from monai.engines import Evaluator
 from monai.engines.utils import IterationEvents
 from torch.utils.data import DataLoader, Dataset
 
-from s2s2_monai.data.label_maps import LabelMap, get_label_map
 from s2s2_monai.data.slices import VolumeCache
+from s2s2_monai.label_maps import LabelMap, get_label_map
 from s2s2_monai.training.taps import unwrap_network
 
 __all__ = ["VolumeDataset", "volume_loader", "first_item", "VolumeMetric", "volume_metrics", "VolumeEvaluator"]
@@ -132,7 +132,7 @@ class VolumeMetric(Metric):
 
 def volume_metrics(label_map: LabelMap | str, per_class: bool = True, hd95: bool = True) -> dict[str, VolumeMetric]:
     """Additional metrics ``val_dice_<organ>`` (and ``val_mean_hd95_mm``) for a label map."""
-    lm = get_label_map(label_map) if isinstance(label_map, str) else label_map
+    lm = get_label_map(label_map)
     out: dict[str, VolumeMetric] = {}
     if hd95:
         out["val_mean_hd95_mm"] = VolumeMetric("hd95_mm", class_ids=lm.ids)
@@ -171,7 +171,7 @@ class VolumeEvaluator(Evaluator):
         key_val_metric: dict | None = None,
         **kwargs: Any,
     ) -> None:
-        self.label_map = get_label_map(label_map) if isinstance(label_map, str) else label_map
+        self.label_map = get_label_map(label_map)
         if key_val_metric is None:
             key_val_metric = {"val_mean_dice": VolumeMetric("dice", class_ids=self.label_map.ids)}
         kwargs.setdefault("decollate", False)

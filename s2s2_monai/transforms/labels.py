@@ -9,7 +9,7 @@ import torch
 from monai.config import KeysCollection, NdarrayOrTensor
 from monai.transforms import MapTransform, Transform
 
-from s2s2_monai.data.label_maps import LabelRemap, get_label_remap
+from s2s2_monai.label_maps import LabelRemap, get_label_remap
 
 __all__ = ["RemapLabels", "RemapLabelsd"]
 
@@ -19,7 +19,7 @@ class RemapLabels(Transform):
 
     Args:
         mapping: ``{source id: target id}``, or the name of a registered
-            :class:`~s2s2_monai.data.label_maps.LabelRemap` (e.g. ``"totalseg_to_synapse"``).
+            :class:`~s2s2_monai.label_maps.LabelRemap` (e.g. ``"totalseg_to_synapse"``).
 
     Implemented as one lookup table indexed by the label values (O(voxels), any number of ids).
     Negative or non-integer label values raise ``ValueError``.

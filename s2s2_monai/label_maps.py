@@ -168,8 +168,10 @@ LABEL_REMAPS: dict[str, LabelRemap] = {
 }
 
 
-def get_label_map(name: str) -> LabelMap:
-    """Label map by registry name; a clear ``KeyError`` lists the known names."""
+def get_label_map(name: str | LabelMap) -> LabelMap:
+    """Label map by registry name (a :class:`LabelMap` is returned as it is); a clear ``KeyError`` lists the known names."""
+    if isinstance(name, LabelMap):
+        return name
     try:
         return LABEL_MAPS[name]
     except KeyError:
