@@ -15,8 +15,9 @@ import numpy as np
 
 from s2s2_monai.data.datalist import load_datalist
 from s2s2_monai.data.phantom import write_demo_data
-from s2s2_monai.data.slices import SliceDataset, VolumeCache, _release_free_heap, intensity_for
+from s2s2_monai.data.slices import SliceDataset, VolumeCache, _release_free_heap
 from s2s2_monai.data.volumes import load_case
+from s2s2_monai.transforms import intensity_for
 
 
 def rss_bytes() -> int:

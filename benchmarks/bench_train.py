@@ -48,7 +48,7 @@ from monai.utils import set_determinism
 
 from s2s2_monai.data.phantom import write_demo_data
 from s2s2_monai.stack.build import build_stack
-from s2s2_monai.training.bundle_utils import training_dataset
+from s2s2_monai.training.datasets import training_dataset
 from s2s2_monai.training.handlers import ConsistencyHandler
 from s2s2_monai.training.taps import get_tap_preset
 from s2s2_monai.training.trainer import S2S2Trainer

@@ -21,9 +21,9 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TypeVar
 
-from s2s2_monai.errors import S2S2InputError
+from s2s2_monai.errors import S2S2InputError, exit_or_raise
 
-__all__ = ["CORRUPT_SUFFIX", "numbered_checkpoints", "newest_readable", "move_aside", "torch_load", "read_state_dict"]
+__all__ = ["load_weights", "CORRUPT_SUFFIX", "numbered_checkpoints", "newest_readable", "move_aside", "torch_load", "read_state_dict"]
 
 logger = logging.getLogger(__name__)
 
@@ -117,3 +117,23 @@ def _is_tensor(v) -> bool:
     import torch
 
     return isinstance(v, torch.Tensor)
+
+
+def load_weights(network, path: str | os.PathLike, device=None, exit_on_error: bool = False):
+    """Load a state dict saved by the bundle (``models/model.pt``) into ``network`` (DDP unwrapped).
+
+    Raises:
+        S2S2InputError: no such file, or weights that do not fit the network.
+    """
+    from s2s2_monai.networks.wrappers import unwrap_network
+
+    path = Path(path)
+    try:
+        state = read_state_dict(path, map_location=device)
+    except S2S2InputError as exc:
+        exit_or_raise(exc, exit_on_error)
+    try:
+        unwrap_network(network).load_state_dict(state)
+    except RuntimeError as exc:
+        exit_or_raise(S2S2InputError(path, f"weights do not fit the configured network ({str(exc).splitlines()[0]})", "use the network_def the model was trained with"), exit_on_error)
+    return network

@@ -1,4 +1,11 @@
-"""The ``s2s2`` command. Each concept package registers its own sub-commands."""
+"""The ``s2s2`` command. Each concept package registers its own sub-commands.
+
+Building the parser imports neither torch nor MONAI (``s2s2 --help`` answers in well under a
+second): the ``commands`` modules take their choices from torch-free leaf modules
+(:mod:`s2s2_monai.evaluation.names`, :mod:`s2s2_monai.robustness.names`,
+:mod:`s2s2_monai.label_maps`) and import the heavy code inside the command functions. Option
+names shared by several commands come from :mod:`s2s2_monai.cli_options`.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +13,7 @@ import argparse
 import importlib
 import sys
 
+from s2s2_monai.cli_options import reset_aliases
 from s2s2_monai.errors import S2S2InputError, input_error_in
 
 __all__ = ["main", "build_parser"]
@@ -22,7 +30,15 @@ COMMAND_MODULES = [
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse whose usage errors are one ``error: OPTION: what. Fix: how`` line (exit 2), as for bad files."""
+    """argparse whose usage errors are one ``error: OPTION: what. Fix: how`` line (exit 2), as for bad files.
+
+    Sub-command parsers are of this class too; each parse first resets the deprecated-alias state
+    of :mod:`s2s2_monai.cli_options` (an alias satisfies its required option for one parse).
+    """
+
+    def parse_known_args(self, args=None, namespace=None):
+        reset_aliases(self)
+        return super().parse_known_args(args, namespace)
 
     def error(self, message: str):
         where, sep, what = message.partition(": ")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 
-__all__ = ["S2S2InputError", "input_error_in", "install_excepthook"]
+__all__ = ["S2S2InputError", "input_error_in", "install_excepthook", "exit_or_raise"]
 
 
 class S2S2InputError(Exception):
@@ -42,6 +42,14 @@ def input_error_in(exc: BaseException | None) -> S2S2InputError | None:
         seen.add(id(exc))
         exc = exc.__cause__ or exc.__context__
     return None
+
+
+def exit_or_raise(exc: S2S2InputError, exit_on_error: bool):
+    """Bundle steps: print ``error: ...`` and exit with status 2 (``exit_on_error``), else raise ``exc``."""
+    if exit_on_error:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    raise exc
 
 
 def _excepthook(exc_type, exc, tb) -> None:

@@ -91,6 +91,20 @@ def test_train_bundle_runs_and_leaves_checkpoint_logs_and_dice(trained):
     assert {"loss_enc", "loss_dec", "loss_seg", "loss_seg_stack"} <= set(map(str, trainer.state.output))
 
 
+def test_preprocessing_is_visible_and_editable_in_the_bundle(tiny_demo, tmp_path):
+    import nibabel as nib
+
+    o = tiny_overrides(tiny_demo, tmp_path / "run", tmp_path / "stack", use_stack=False, hu_window=[0, 100])
+    w = _workflow(["train.json"], o)
+    w.initialize()
+    assert not (tmp_path / "stack").exists()  # baseline: initialize builds no stack
+    case = w.parser.get_parsed_content("train#volumes").cases[0]
+    hu = nib.as_closest_canonical(nib.load(case.image_path)).get_fdata()
+    np.testing.assert_allclose(case.image, np.clip(hu / 100.0, 0.0, 1.0), atol=1e-5)  # the bundle's window, not [-125, 275]
+    assert w.parser.get_parsed_content("validate#volumes").cases[0].image.max() <= 1.0
+    assert w.parser["train#deterministic_transforms"][0]["_target_"].endswith("CTWindowd")
+
+
 def test_evaluate_and_inference_bundles(trained, tiny_demo):
     root, o = trained["root"], trained["overrides"]
     w = _workflow(["train.json", "evaluate.json"], {**o, "eval_section": "test"}, workflow_type="infer")
@@ -141,7 +155,7 @@ def test_metadata_verifies_offline(bundle, tmp_path):
 
 
 def test_chaos_bundle_trains_on_real_mr(shared_data, tmp_path, monkeypatch):
-    monkeypatch.chdir(REPO)  # the CHAOS bundle reuses bundles/synapse/train.json through config macros
+    monkeypatch.chdir(tmp_path)  # bundles run from any working directory
     mr = {"image": str(shared_data / "mr" / "totalseg_example_mr_sm.nii.gz"), "label": str(shared_data / "mr" / "totalseg_example_mr_sm_seg.nii.gz")}
     datalist = tmp_path / "chaos.json"
     datalist.write_text(json.dumps({"label_map": "chaos_t2spir", "label_remap": "totalseg_mr_to_chaos", "modality": "MRI", "training": [mr], "validation": [mr]}))
@@ -151,7 +165,7 @@ def test_chaos_bundle_trains_on_real_mr(shared_data, tmp_path, monkeypatch):
         "network_def#features": [4, 4, 8, 8, 16, 4],
     }
     chaos = REPO / "bundles" / "chaos_t2spir"
-    w = ConfigWorkflow(config_file=str(chaos / "train.json"), meta_file=str(chaos / "metadata.json"), logging_file=str(chaos / "logging.conf"), workflow_type="train", **overrides)
+    w = ConfigWorkflow(config_file=[str(SYNAPSE / "train.json"), str(chaos / "train.json")], meta_file=str(chaos / "metadata.json"), logging_file=str(chaos / "logging.conf"), workflow_type="train", **overrides)
     w.initialize()
     assert not w.check_properties()
     manifest = json.loads((tmp_path / "stack" / "manifest.json").read_text())
@@ -161,6 +175,8 @@ def test_chaos_bundle_trains_on_real_mr(shared_data, tmp_path, monkeypatch):
     metrics = dict(line.split(",") for line in (tmp_path / "run" / "metrics.csv").read_text().splitlines())
     assert {"val_dice_liver", "val_dice_spleen", "val_dice_right_kidney", "val_dice_left_kidney"} <= set(metrics)
     assert w.trainer.state.output["loss_enc"] >= 0 and "loss_dec" in map(str, w.trainer.state.output)
+    image = w.parser.get_parsed_content("train#volumes").cases[0].image  # the overlay's MRINormalized
+    assert abs(float(image.mean())) < 1e-3 and abs(float(image.std()) - 1.0) < 1e-2
 
 
 # ---------------------------------------------------------------------------- command line

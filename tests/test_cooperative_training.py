@@ -163,7 +163,7 @@ def _tiny_loader(datalist, size=32, batch_size=4):
     from monai.transforms import Compose, EnsureTyped, Resized
     from torch.utils.data import DataLoader
 
-    from s2s2_monai.training.bundle_utils import training_dataset
+    from s2s2_monai.training.datasets import training_dataset
 
     tf = Compose([Resized(["image", "label"], (size, size), mode=["bilinear", "nearest"]), EnsureTyped(["image", "label"], track_meta=False)])
     ds = training_dataset(datalist, transform=tf)

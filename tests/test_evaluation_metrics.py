@@ -179,3 +179,21 @@ def test_nearest_distances_backends_match_edt():
     for backend in ("kdtree", "torch"):
         got = nearest_distances(src, dst, spacing, backend=backend, chunk_bytes=4096).numpy()
         np.testing.assert_allclose(got, ref, rtol=1e-12)
+
+
+def test_surfel_normals_table_is_monais():
+    """The vendored DeepMind/MONAI normals (so the surface-distance HD95 needs no `import monai`) are MONAI's, exactly."""
+    from monai.metrics.utils import _get_neighbour_code_to_normals_table
+
+    from s2s2_monai.evaluation.surface import _normals_table, surfel_area_table
+
+    ref = _get_neighbour_code_to_normals_table("cpu").to(torch.float64)
+    assert torch.equal(_normals_table(), ref)
+    spacing = (0.7, 1.1, 2.9)
+    s = torch.tensor([spacing[1] * spacing[2], spacing[0] * spacing[2], spacing[0] * spacing[1]], dtype=torch.float64)
+    assert torch.equal(surfel_area_table(spacing), torch.linalg.norm(ref * s, dim=-1).sum(-1))
+    try:
+        from surface_distance import lookup_tables
+    except ImportError:
+        return
+    np.testing.assert_allclose(surfel_area_table(spacing).numpy(), lookup_tables.create_table_neighbour_code_to_surface_area(spacing), rtol=1e-12)

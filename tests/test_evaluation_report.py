@@ -158,3 +158,69 @@ def test_evaluate_datalist_writes_predictions_in_image_geometry(tiny_demo, tmp_p
     assert (tmp_path / "ev" / "report.html").exists()
     with pytest.raises(S2S2InputError, match="no entries"):
         evaluate_datalist(net, dl, "nonexistent", tmp_path / "x", progress=False)
+
+
+# ---------------------------------------------------------------------------- the MONAI-free reader
+def _same_as_load_volume(path, is_label):
+    from s2s2_monai.data.volumes import load_volume, read_nifti_ras
+
+    arr, affine = read_nifti_ras(path, is_label=is_label)
+    ref = load_volume(path, is_label=is_label)
+    assert arr.dtype == ref.as_tensor().numpy().dtype and arr.shape == tuple(ref.shape[1:])
+    np.testing.assert_array_equal(arr, ref.as_tensor()[0].numpy())
+    np.testing.assert_array_equal(affine, np.asarray(ref.affine, dtype=np.float64))
+    return arr, affine
+
+
+def test_nibabel_reader_matches_load_volume_on_real_volumes(shared_data):
+    """`s2s2 evaluate` reads with nibabel: the same RAS array and affine as MONAI's LoadImage + Orientation."""
+    for rel, is_label in (("ct/totalseg_example_ct_sm_seg.nii.gz", True), ("ct/totalseg_example_ct_sm.nii.gz", False),
+                          ("mr/totalseg_example_mr_sm.nii.gz", False), ("dicom/totalseg_example_ct_dicom_seg.nii.gz", True)):
+        path = shared_data / rel
+        if path.exists():
+            _same_as_load_volume(path, is_label)
+    assert nib.aff2axcodes(nib.load(shared_data / "mr/totalseg_example_mr_sm.nii.gz").affine) != ("R", "A", "S")  # a reoriented one
+
+
+@pytest.mark.filterwarnings("ignore:axcodes")  # MONAI on the 2D case
+def test_nibabel_reader_matches_load_volume_on_lps_and_permuted_phantoms(tiny_demo, tmp_path):
+    from s2s2_monai.data.volumes import read_nifti_ras
+
+    dl = json.loads(tiny_demo.read_text())
+    image, label = (tiny_demo.parent / dl["training"][0][k] for k in ("image", "label"))
+    assert nib.aff2axcodes(nib.load(image).affine) == ("L", "P", "S")  # the phantoms are stored in LPS order
+    img_arr, img_aff = _same_as_load_volume(image, False)
+    lab_arr, lab_aff = _same_as_load_volume(label, True)
+    assert np.array_equal(img_aff, lab_aff) and nib.aff2axcodes(img_aff) == ("R", "A", "S")
+    # axes permuted (S, L, P order) and a scaled float32 label: same RAS result
+    src = nib.load(label)
+    perm = np.asarray(src.dataobj).transpose(2, 0, 1)
+    aff = src.affine[:, [2, 0, 1, 3]]
+    _save(np.ascontiguousarray(perm), tmp_path / "perm.nii.gz", aff)
+    np.testing.assert_array_equal(_same_as_load_volume(tmp_path / "perm.nii.gz", True)[0], lab_arr)
+    _save(np.ascontiguousarray(perm).astype(np.float32), tmp_path / "perm_f.nii.gz", aff)
+    _same_as_load_volume(tmp_path / "perm_f.nii.gz", True)
+    # the same checks, the same messages
+    bad = {
+        "nan": (np.where(np.arange(lab_arr.size).reshape(lab_arr.shape) == 5, np.nan, 1.0).astype(np.float32), False, "image holds 1 NaN/inf voxels"),
+        "frac": (np.full((4, 4, 3), 0.5, np.float32), True, "non-integer values"),
+        "neg": (np.full((4, 4, 3), -1, np.int16), True, "negative values"),
+        "vol4d": (np.zeros((4, 4, 3, 2), np.uint8), True, "got a 4D image of shape (4, 4, 3, 2)"),
+        "vol2d": (np.zeros((4, 4), np.uint8), True, "got a 2D image"),
+    }
+    from s2s2_monai.data.volumes import load_volume
+
+    for name, (arr, is_label, msg) in bad.items():
+        _save(arr, tmp_path / f"{name}.nii.gz", np.eye(4))
+        with pytest.raises(S2S2InputError, match=msg.replace("(", r"\(").replace(")", r"\)")) as mine:
+            read_nifti_ras(tmp_path / f"{name}.nii.gz", is_label=is_label)
+        with pytest.raises(S2S2InputError) as ref:
+            load_volume(tmp_path / f"{name}.nii.gz", is_label=is_label)
+        assert mine.value.problem == ref.value.problem, name
+    _save(np.zeros((4, 4, 3, 1), np.uint8), tmp_path / "one_channel.nii.gz", np.eye(4))
+    assert _same_as_load_volume(tmp_path / "one_channel.nii.gz", True)[0].shape == (4, 4, 3)
+    (tmp_path / "trunc.nii.gz").write_bytes((tmp_path / "perm.nii.gz").read_bytes()[:200])
+    with pytest.raises(S2S2InputError, match="cannot read this NIfTI file"):
+        read_nifti_ras(tmp_path / "trunc.nii.gz")
+    with pytest.raises(S2S2InputError, match="file not found"):
+        read_nifti_ras(tmp_path / "gone.nii.gz")

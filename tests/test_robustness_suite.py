@@ -144,5 +144,5 @@ def test_cli_runs_a_cooperative_bundle_checkpoint(tiny_demo, tmp_path, capsys):
     # wrong architecture -> one error line, exit 2
     bad = [a for a in args if a not in ("--set", "cooperative_channels=[4,8,8]")]
     assert main(bad) == 2
-    assert "does not fit the bundle's network_def" in capsys.readouterr().err
+    assert "do not fit the bundle's network_def" in capsys.readouterr().err
     assert main(["robustness", "--bundle", str(tmp_path / "nope"), "--ckpt", str(ckpt), "--datalist", str(tiny_demo), "--out", str(tmp_path / "x")]) == 2

@@ -8,7 +8,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-import s2s2_monai.data.slices as slices_mod
+import s2s2_monai.data.cases as cases_mod
 from s2s2_monai.data.datalist import load_datalist
 from s2s2_monai.data.phantom import ORGANS, write_demo_data
 from s2s2_monai.data.slices import SliceDataset, VolumeCache
@@ -35,7 +35,7 @@ def test_slice_items_match_volume_and_geometry(tiny_demo):
 def test_random_access_never_reloads(tiny_demo, monkeypatch):
     cache = VolumeCache(tiny_demo, "training", progress=False)
     calls = []
-    monkeypatch.setattr(slices_mod, "load_case", lambda *a, **k: calls.append(a))
+    monkeypatch.setattr(cases_mod, "load_case", lambda *a, **k: calls.append(a))
     ds = SliceDataset(cache, transform=lambda d: {**d, "seen": True})
     for i in np.random.default_rng(0).integers(0, len(ds), 50):
         assert ds[int(i)]["seen"]

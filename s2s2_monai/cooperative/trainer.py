@@ -27,8 +27,8 @@ import torch
 from s2s2_monai.cooperative.losses import cooperative_loss, ftn_pass, label_ce
 from s2s2_monai.cooperative.masks import MASK_KINDS, LatentMasker
 from s2s2_monai.cooperative.networks import CooperativeNet
+from s2s2_monai.networks.wrappers import unwrap_network
 from s2s2_monai.training.consistency import consistency_distance
-from s2s2_monai.training.taps import unwrap_network
 from s2s2_monai.training.trainer import PairedTrainer
 
 __all__ = ["CooperativeTrainer", "cooperative_network"]

@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
+from s2s2_monai.data.cases import load_entry
 from s2s2_monai.data.datalist import SECTIONS, load_datalist
-from s2s2_monai.data.volumes import case_id_of, load_case
-from s2s2_monai.errors import S2S2InputError
+from s2s2_monai.data.volumes import case_id_of
+from s2s2_monai.errors import S2S2InputError, exit_or_raise
 
-__all__ = ["CaseCheck", "check_datalist", "format_table"]
+__all__ = ["CaseCheck", "check_datalist", "format_table", "require_data", "DEMO_COMMAND"]
+
+#: The demo command quoted by error messages.
+DEMO_COMMAND = "python -m monai.bundle run training --config_file \"['bundles/synapse/train.json','bundles/synapse/demo.json']\""
+
 
 
 @dataclass
@@ -34,15 +40,12 @@ def check_datalist(datalist_path: str | os.PathLike, data_root: str | os.PathLik
         S2S2InputError: the datalist itself is unusable (missing, invalid, empty).
     """
     dl = load_datalist(datalist_path, data_root)
-    from s2s2_monai.transforms import RemapLabels  # MONAI: only once the datalist itself is fine
-
-    remap = RemapLabels(dl.label_remap) if dl.label_remap else None
     results = []
     for section in SECTIONS:
         for entry in dl.items(section):
             cid = entry.get("case_id") or case_id_of(entry["image"])
             try:
-                case = load_case(entry["image"], entry.get("label"), remap=remap, valid_label_ids=dl.valid_label_ids())
+                case = load_entry(dl, entry)  # MONAI is imported here, once the datalist itself is fine
             except S2S2InputError as exc:
                 results.append(CaseCheck(section, cid, False, problem=str(exc)))
                 continue
@@ -67,3 +70,47 @@ def format_table(results: list[CaseCheck]) -> str:
     bad = sum(not r.ok for r in results)
     lines.append(f"{len(results) - bad} ok, {bad} failed")
     return "\n".join(lines)
+
+
+def require_data(
+    datalist: str | os.PathLike,
+    dataset_dir: str | os.PathLike,
+    sections: tuple[str, ...] = ("training", "validation"),
+    demo_command: str = DEMO_COMMAND,
+    exit_on_error: bool = False,
+) -> str:
+    """Check that every image/label of ``datalist`` exists under ``dataset_dir``.
+
+    Args:
+        datalist: datalist JSON (paths relative to ``dataset_dir``).
+        dataset_dir: the data root.
+        sections: sections that must be complete.
+        demo_command: quoted in the message as the alternative.
+        exit_on_error: print ``error: ...`` and exit with status 2 instead of raising (bundle use:
+            no traceback in front of the message).
+
+    Returns:
+        the datalist path.
+
+    Raises:
+        S2S2InputError: missing datalist or files; the message names the first missing files and
+            says how to set ``dataset_dir`` or run the demo.
+    """
+    from s2s2_monai.data.datalist import load_datalist
+
+    try:
+        dl = load_datalist(datalist, dataset_dir)
+        missing = [
+            e[k] for s in sections for e in dl.items(s) for k in ("image", "label") if k in e and not Path(e[k]).exists()
+        ]
+        total = sum(len([k for k in ("image", "label") if k in e]) for s in sections for e in dl.items(s))
+        if missing:
+            shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+            raise S2S2InputError(
+                dataset_dir,
+                f"{len(missing)} of {total} files listed in {os.path.normpath(datalist)} are missing (expected e.g. {shown})",
+                f"point dataset_dir at the folder holding them (add --dataset_dir /path/to/data to the command), or run the demo on phantom data: {demo_command}",
+            )
+    except S2S2InputError as exc:
+        exit_or_raise(exc, exit_on_error)
+    return str(datalist)

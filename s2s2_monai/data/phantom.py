@@ -11,6 +11,7 @@ writes the same bytes.
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -20,8 +21,11 @@ from tqdm.auto import tqdm
 
 from s2s2_monai.atomic import write_json
 from s2s2_monai.data.volumes import save_nifti_atomic
+from s2s2_monai.errors import S2S2InputError
 
-__all__ = ["make_phantom_case", "write_demo_data", "ORGANS"]
+logger = logging.getLogger(__name__)
+
+__all__ = ["make_phantom_case", "write_demo_data", "ensure_demo_data", "ORGANS"]
 
 #: Synapse id -> (name, centre RAS mm (x right, y anterior, z superior), radii mm, mean HU).
 ORGANS: dict[int, tuple[str, tuple[float, float, float], tuple[float, float, float], float]] = {
@@ -106,3 +110,17 @@ def write_demo_data(out: str | os.PathLike, cases: int = 6, seed: int = 0, shape
         "test": entries[-n_val:],
     }
     return write_json(out / "datalist.json", datalist)
+
+
+def ensure_demo_data(out_dir: str | os.PathLike, cases: int = 6, shape=(96, 96, 24), seed: int = 0) -> str:
+    """The datalist of ``s2s2 demo-data`` phantoms in ``out_dir``, written first if missing or incomplete."""
+    path = Path(out_dir) / "datalist.json"
+    if path.is_file():
+        try:
+            from s2s2_monai.data.check import require_data
+
+            return require_data(path, out_dir)
+        except S2S2InputError:
+            logger.info("demo data in %s incomplete, rewriting", out_dir)
+    logger.info("writing %d demo phantom cases to %s", cases, out_dir)
+    return str(write_demo_data(out_dir, cases=cases, seed=seed, shape=tuple(shape), progress=False))

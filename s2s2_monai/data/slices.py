@@ -14,23 +14,12 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 from torch.utils.data import Dataset
-from tqdm.auto import tqdm
 
-from s2s2_monai.data.datalist import Datalist, load_datalist
-from s2s2_monai.data.volumes import CaseVolume, case_id_of, load_case
-from s2s2_monai.transforms import CTWindow, MRINormalize, RemapLabels
+from s2s2_monai.data.cases import as_datalist, iter_cases
+from s2s2_monai.data.datalist import Datalist
+from s2s2_monai.data.volumes import CaseVolume
 
-__all__ = ["intensity_for", "VolumeCache", "SliceDataset"]
-
-
-def intensity_for(modality: str) -> Callable:
-    """The paper's intensity transform for a modality: CT window [-125, 275] or MRI clip + z-norm."""
-    modality = modality.upper()
-    if modality == "CT":
-        return CTWindow(-125.0, 275.0)
-    if modality in ("MR", "MRI"):
-        return MRINormalize(99.5)
-    raise ValueError(f"unknown modality {modality!r}; use 'CT' or 'MRI'")
+__all__ = ["VolumeCache", "SliceDataset"]
 
 
 def _release_free_heap() -> None:
@@ -49,7 +38,9 @@ class VolumeCache:
         datalist: a :class:`Datalist` or the path of a datalist JSON.
         section: ``"training"``, ``"validation"`` or ``"test"``.
         data_root: root for relative paths (default: the datalist's folder).
-        intensity: image transform; default from the datalist's modality.
+        intensity: image array transform; default from the datalist's modality.
+        transform: dictionary transform over ``{"image", "label"}`` per volume instead (a bundle's
+            ``train#deterministic_transforms``); see :mod:`s2s2_monai.data.cases`.
         progress: show a progress bar while loading.
     """
 
@@ -60,23 +51,12 @@ class VolumeCache:
         data_root: str | os.PathLike | None = None,
         intensity: Callable | None = None,
         progress: bool = True,
+        transform: Callable | None = None,
     ) -> None:
-        self.datalist = datalist if isinstance(datalist, Datalist) else load_datalist(datalist, data_root)
+        self.datalist = as_datalist(datalist, data_root)
         self.section = section
         self.entries = self.datalist.items(section)
-        self.intensity = intensity if intensity is not None else intensity_for(self.datalist.modality)
-        self.remap = RemapLabels(self.datalist.label_remap) if self.datalist.label_remap else None
-        self.cases: list[CaseVolume] = [
-            load_case(
-                e["image"],
-                e.get("label"),
-                intensity=self.intensity,
-                remap=self.remap,
-                valid_label_ids=self.datalist.valid_label_ids(),
-                case_id=e.get("case_id") or case_id_of(e["image"]),
-            )
-            for e in tqdm(self.entries, desc=f"loading {section}", disable=not progress, unit="case")
-        ]
+        self.cases: list[CaseVolume] = list(iter_cases(self.datalist, section, transform=transform, intensity=intensity, progress=progress))
         _release_free_heap()
 
     def __len__(self) -> int:

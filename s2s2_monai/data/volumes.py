@@ -31,10 +31,15 @@ __all__ = [
     "CANONICAL_AXCODES",
     "CaseVolume",
     "load_volume",
+    "read_nifti_ras",
     "load_case",
     "spacing_of",
     "to_source_orientation",
     "save_nifti_atomic",
+    "source_affine_of",
+    "write_prediction",
+    "case_id_of",
+    "check_same_grid",
 ]
 
 #: Every volume is reoriented to this; axial slices run along the last axis (S).
@@ -197,6 +202,7 @@ def load_case(
     remap=None,
     valid_label_ids: set[int] | None = None,
     case_id: str | None = None,
+    transform=None,
 ) -> CaseVolume:
     """Load, check and preprocess one image/label pair.
 
@@ -206,9 +212,11 @@ def load_case(
         remap: array transform applied to the label (e.g. :class:`~s2s2_monai.transforms.RemapLabels`).
         valid_label_ids: ids allowed in the label file *before* remapping; others are an error.
         case_id: defaults to the image file name without extension.
+        transform: dictionary transform over ``{"image", "label"}`` applied after ``remap`` and
+            ``intensity`` (e.g. a bundle's ``CTWindowd`` / ``MRINormalized`` / ``RemapLabelsd``).
     """
     image = load_volume(image_path)
-    source_affine = _source_affine(image)
+    source_affine = source_affine_of(image)
     label = None
     if label_path is not None:
         label = load_volume(label_path, is_label=True)
@@ -223,10 +231,13 @@ def load_case(
                     "choose the matching --label-map / label_remap for this annotation",
                 )
     img = intensity(image) if intensity is not None else image
+    lab = None if label is None else (remap(label) if remap is not None else label)
+    if transform is not None:
+        data = transform({"image": img} if lab is None else {"image": img, "label": lab})
+        img, lab = data["image"], data.get("label")
     image_np = np.ascontiguousarray(torch.as_tensor(img)[0].numpy(), dtype=np.float32)
     label_np = None
-    if label is not None:
-        lab = remap(label) if remap is not None else label
+    if lab is not None:
         label_np = np.ascontiguousarray(torch.as_tensor(lab)[0].numpy(), dtype=np.uint8)
     return CaseVolume(
         case_id=case_id or case_id_of(image_path),
@@ -239,7 +250,7 @@ def load_case(
     )
 
 
-def _source_affine(img: MetaTensor) -> np.ndarray:
+def source_affine_of(img: MetaTensor) -> np.ndarray:
     """Affine of the volume as read from disk (before the RAS reorientation)."""
     original = img.meta.get("original_affine")
     return np.asarray(original if original is not None else img.affine, dtype=np.float64)
@@ -293,3 +304,76 @@ def save_nifti_atomic(array: np.ndarray, affine: np.ndarray, path: str | os.Path
         if tmp.exists():
             tmp.unlink()
     return path
+
+
+def write_prediction(labels, affine: np.ndarray, source_affine: np.ndarray, path: str | os.PathLike) -> Path:
+    """Write (X, Y, Z) RAS class ids as a NIfTI label map on the grid of the original file (atomic).
+
+    The one prediction writer (evaluation, inference bundle, MONAI Label): undoes the RAS
+    reorientation (:func:`to_source_orientation`) and stores uint8 (int16 beyond 255 classes)
+    with the file's own affine.
+    """
+    arr = labels.detach().cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
+    arr = arr.astype(np.uint8 if arr.size == 0 or arr.max() <= 255 else np.int16)
+    return save_nifti_atomic(to_source_orientation(arr, affine, source_affine), source_affine, path)
+
+
+def read_nifti_ras(path: str | os.PathLike, is_label: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Read a 3D NIfTI file with nibabel alone (no MONAI import), reoriented to RAS.
+
+    The same array and affine as ``load_volume(path, is_label)`` (its ``[0]`` and ``.affine``),
+    with the same checks and error messages, without the ~10 s ``import monai``: what
+    ``s2s2 evaluate`` reads prediction and label folders with. DICOM series stay with
+    :func:`load_volume` (ITK).
+
+    Args:
+        path: ``.nii`` / ``.nii.gz`` file.
+        is_label: labels are checked to hold non-negative integers and returned as int64;
+            images as float32 and checked to hold finite values only.
+
+    Returns:
+        ``(array, affine)``: the (X, Y, Z) array in RAS and its 4x4 float64 RAS affine.
+
+    Raises:
+        S2S2InputError: missing, unreadable or truncated file, not a 3D volume, NaN/inf values,
+            non-integer labels.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise S2S2InputError(path, "file not found", "check the path (relative paths are resolved against --data-root)")
+    if not (path.is_file() and path.name.endswith(_NIFTI_SUFFIXES)):
+        raise S2S2InputError(path, "not a NIfTI file", "give a .nii or .nii.gz file (DICOM series go through load_volume)")
+    try:
+        img = nib.load(str(path))
+        dataobj = img.dataobj
+        # integer data without scaling keeps its values exactly; anything else is read as float32, as MONAI's LoadImage does
+        scaled = getattr(dataobj, "slope", 1.0) != 1.0 or getattr(dataobj, "inter", 0.0) != 0.0
+        raw = np.asanyarray(dataobj)
+        arr = raw if (is_label and raw.dtype.kind in "iub" and not scaled) else np.asarray(raw, dtype=np.float32)
+        affine = np.array(img.affine, dtype=np.float64)
+    except Exception as exc:  # noqa: BLE001 - every reader error becomes one clear message
+        raise S2S2InputError(
+            path,
+            f"cannot read this NIfTI file ({type(exc).__name__}: {str(exc).splitlines()[0].replace(str(path), 'it')[:200] if str(exc) else ''})",
+            "re-export or re-download it; a truncated .nii.gz is the usual cause",
+        ) from None
+    if arr.ndim == 4 and arr.shape[3] == 1:
+        arr = arr[..., 0]  # one channel stored last: a 3D volume, as MONAI's EnsureChannelFirst reads it
+    if arr.ndim != 3:
+        shape = tuple(arr.shape) if arr.ndim < 3 else tuple(arr.shape[:-1]) + ((int(arr.shape[-1]),) if arr.shape[-1] > 1 else ())
+        raise S2S2InputError(path, f"expected one 3D volume, got a {len(shape)}D image of shape {shape}", "give a single-channel 3D image (split 4D series into one file per volume)")
+    ornt = nib.orientations.io_orientation(affine)  # as MONAI's Orientation("RAS") and nib.as_closest_canonical
+    if not np.array_equal(ornt, [[0, 1], [1, 1], [2, 1]]):
+        affine = affine @ nib.orientations.inv_ornt_aff(ornt, arr.shape)
+        arr = nib.orientations.apply_orientation(arr, ornt)
+    if is_label:
+        if arr.dtype.kind == "f" and not np.array_equal(arr, np.round(arr)):
+            raise S2S2InputError(path, "label file holds non-integer values", "labels must be integer class ids")
+        if arr.size and arr.min() < 0:
+            raise S2S2InputError(path, "label file holds negative values", "labels must be class ids >= 0")
+        arr = arr.astype(np.int64)
+    else:
+        finite = np.isfinite(arr)
+        if not finite.all():
+            raise S2S2InputError(path, f"image holds {int((~finite).sum())} NaN/inf voxels", "fix or re-export the image; intensities must be finite")
+    return np.ascontiguousarray(arr), affine

@@ -35,20 +35,21 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from s2s2_monai.evaluation.metrics import DEFAULT_HD95, HD95_DEFINITIONS
+    from s2s2_monai.cli_options import add_no_progress, add_out
+    from s2s2_monai.evaluation.names import DEFAULT_HD95, HD95_DEFINITIONS
     from s2s2_monai.label_maps import LABEL_MAPS
 
     p = sub.add_parser("evaluate", help="Dice / HD95 / ASSD per case and organ, report with A/B statistics")
     p.add_argument("--pred-dir", action="append", required=True, metavar="[NAME=]DIR", help="prediction folder; repeat as NAME=DIR to compare methods (the first is the baseline)")
-    p.add_argument("--label-dir", required=True, help="ground-truth label folder (files named like the predictions)")
-    p.add_argument("--out", required=True, help="report folder")
+    p.add_argument("--label-dir", required=True, metavar="DIR", help="ground-truth label folder (files named like the predictions)")
+    add_out(p, "report folder")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--label-map", default="synapse", choices=sorted(LABEL_MAPS), help="label map (default synapse)")
     g.add_argument("--num-classes", type=int, default=None, help="K classes including background (ids 1..K-1 named class_i)")
     p.add_argument("--hd95", default=DEFAULT_HD95, choices=HD95_DEFINITIONS, help=f"HD95 definition (default {DEFAULT_HD95})")
     p.add_argument("--legacy-transunet", action="store_true", help="TransUNet protocol: medpy without spacing, its empty rule, voxel units")
-    p.add_argument("--image-dir", default=None, help="optional images (same file names) under the worst-slice overlays")
+    p.add_argument("--image-dir", default=None, metavar="DIR", help="optional images (same file names) under the worst-slice overlays")
     p.add_argument("--bootstrap", type=int, default=10000, help="bootstrap resamples for the A/B confidence interval")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_no_progress(p)
     p.set_defaults(func=_evaluate)

@@ -1,8 +1,10 @@
 """Prediction / label folders: pair files by name, load them in one geometry, check them.
 
-Both files of a pair go through :func:`~s2s2_monai.data.volumes.load_volume` (reoriented to
-RAS), so a label stored in another axis order (e.g. LPS) than its prediction is accepted when
-both describe the same world grid; a different grid (shape, spacing, origin) is an error.
+Both files of a pair go through :func:`~s2s2_monai.data.volumes.read_nifti_ras` (nibabel,
+reoriented to RAS: the array and affine :func:`~s2s2_monai.data.volumes.load_volume` gives,
+without importing MONAI), so a label stored in another axis order (e.g. LPS) than its prediction
+is accepted when both describe the same world grid; a different grid (shape, spacing, origin) is
+an error.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from s2s2_monai.data.volumes import case_id_of, load_volume
+from s2s2_monai.data.volumes import case_id_of, read_nifti_ras
 from s2s2_monai.errors import S2S2InputError
 
 __all__ = ["VolumePair", "find_pairs", "load_pair", "parse_pred_dirs"]
@@ -107,29 +109,26 @@ def load_pair(pred_path: str | os.PathLike, label_path: str | os.PathLike, valid
     """
     pred_path, label_path = Path(pred_path), Path(label_path)
     try:
-        pred = load_volume(pred_path, is_label=False)
+        p, a = read_nifti_ras(pred_path, is_label=False)
     except S2S2InputError as exc:
         raise S2S2InputError(pred_path, f"bad prediction: {exc.problem}", "write integer class ids, not probabilities or NaN") from None
-    p = pred.as_tensor()[0]
-    if not torch.equal(p, torch.round(p)) or (p.numel() and p.min() < 0):
+    if not np.array_equal(p, np.round(p)) or (p.size and p.min() < 0):
         raise S2S2InputError(pred_path, "prediction holds non-integer or negative values", "write the argmax class ids (integers >= 0)")
-    label = load_volume(label_path, is_label=True)
-    if tuple(pred.shape) != tuple(label.shape):
+    g, b = read_nifti_ras(label_path, is_label=True)
+    if p.shape != g.shape:
         raise S2S2InputError(
             pred_path,
-            f"prediction grid {tuple(pred.shape[1:])} differs from label grid {tuple(label.shape[1:])} of {label_path} (after reorientation to RAS)",
+            f"prediction grid {p.shape} differs from label grid {g.shape} of {label_path} (after reorientation to RAS)",
             "predict on the label's own grid (resample the prediction back to the image geometry)",
         )
-    a, b = np.asarray(pred.affine, np.float64), np.asarray(label.affine, np.float64)
     if not np.allclose(a, b, atol=atol):
         raise S2S2InputError(
             pred_path,
             f"prediction and label {label_path} are on different grids (affines differ by up to {np.abs(a - b).max():.4g} mm after reorientation to RAS)",
             "write predictions with the input image's affine",
         )
-    p = p.to(torch.uint8 if p.numel() == 0 or p.max() < 256 else torch.int64)
-    g = label.as_tensor()[0]
-    g = g.to(torch.uint8 if g.numel() == 0 or g.max() < 256 else torch.int64)
+    p = torch.from_numpy(p.astype(np.uint8 if p.size == 0 or p.max() < 256 else np.int64))
+    g = torch.from_numpy(g.astype(np.uint8) if g.size == 0 or g.max() < 256 else g)
     _check_ids(p, pred_path, valid_ids, "prediction")
     _check_ids(g, label_path, valid_ids, "label")
     return p, g, a

@@ -33,6 +33,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import torch
 
+from s2s2_monai.evaluation.names import DEFAULT_HD95, HD95_DEFINITIONS, check_hd95
 from s2s2_monai.evaluation.surface import (
     class_boxes,
     crop_padded,
@@ -53,21 +54,11 @@ __all__ = [
     "dice_per_class",
 ]
 
-HD95_DEFINITIONS: tuple[str, ...] = ("medpy", "surface-distance", "monai")
-#: The ecosystem's own definition (MONAI ``HausdorffDistanceMetric(percentile=95)``).
-DEFAULT_HD95 = "monai"
 METRIC_KEYS: tuple[str, ...] = ("dice", "hd95_mm", "assd_mm")
 EMPTY_POLICY = {
     "both_empty": "dice, hd95_mm and assd_mm are NaN (class absent; left out of means)",
     "one_empty": "dice = 0; hd95_mm = assd_mm = diagonal of the volume in mm (largest distance on the grid)",
 }
-
-
-def check_hd95(hd95: str) -> str:
-    """Validate an HD95 definition name (``ValueError`` listing the known names)."""
-    if hd95 not in HD95_DEFINITIONS:
-        raise ValueError(f"unknown HD95 definition {hd95!r}; use one of {list(HD95_DEFINITIONS)}")
-    return hd95
 
 
 def as_label_tensor(x, device: torch.device | str | None = None) -> torch.Tensor:

@@ -21,7 +21,7 @@ import numpy as np
 
 from s2s2_monai.atomic import json_safe, publish, write_json
 from s2s2_monai.evaluation.compare import paired_comparison
-from s2s2_monai.evaluation.evaluator import VolumeEvaluator
+from s2s2_monai.evaluation.metric_table import MetricTable
 
 __all__ = ["summarize", "write_report", "REPORT_FILES"]
 
@@ -37,16 +37,17 @@ def _stats(values) -> dict[str, float]:
 
 
 def _versions() -> dict[str, str]:
-    import monai
+    from importlib.metadata import version  # not `import monai`: that loads every MONAI submodule (~10 s)
+
     import scipy
     import torch
 
     from s2s2_monai import __version__
 
-    return {"s2s2_monai": __version__, "monai": monai.__version__, "torch": torch.__version__, "scipy": scipy.__version__, "numpy": np.__version__, "python": platform.python_version()}
+    return {"s2s2_monai": __version__, "monai": version("monai"), "torch": torch.__version__, "scipy": scipy.__version__, "numpy": np.__version__, "python": platform.python_version()}
 
 
-def summarize(ev: VolumeEvaluator, n_boot: int = 10000, seed: int = 0) -> dict:
+def summarize(ev: MetricTable, n_boot: int = 10000, seed: int = 0) -> dict:
     """Per class and overall mean/std/median per method, settings, versions and A/B comparisons.
 
     The first method is the baseline; every other method is compared with it case by case.
@@ -87,7 +88,7 @@ def summarize(ev: VolumeEvaluator, n_boot: int = 10000, seed: int = 0) -> dict:
     return {"settings": ev.settings(), "methods": methods, "comparisons": comparisons, "versions": _versions()}
 
 
-def _write_csv(path: Path, ev: VolumeEvaluator) -> None:
+def _write_csv(path: Path, ev: MetricTable) -> None:
     several = len(ev.methods) > 1
     cols = (["method"] if several else []) + ["case", "class_id", "class_name", *ev.metric_keys]
     with open(path, "w", newline="") as fh:
@@ -97,7 +98,7 @@ def _write_csv(path: Path, ev: VolumeEvaluator) -> None:
             w.writerow([r[c] if not isinstance(r[c], float) else ("nan" if not math.isfinite(r[c]) else repr(r[c])) for c in cols])
 
 
-def _box_plots(fig_dir: Path, ev: VolumeEvaluator) -> list[str]:
+def _box_plots(fig_dir: Path, ev: MetricTable) -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -129,7 +130,7 @@ def _box_plots(fig_dir: Path, ev: VolumeEvaluator) -> list[str]:
     return names
 
 
-def _overlays(fig_dir: Path, ev: VolumeEvaluator) -> list[tuple[str, str]]:
+def _overlays(fig_dir: Path, ev: MetricTable) -> list[tuple[str, str]]:
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -162,7 +163,7 @@ def _fmt(v) -> str:
     return "–" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{v:.4g}"
 
 
-def _html(summary: dict, ev: VolumeEvaluator, boxes: list[str], overlays: list[tuple[str, str]]) -> str:
+def _html(summary: dict, ev: MetricTable, boxes: list[str], overlays: list[tuple[str, str]]) -> str:
     s = summary["settings"]
     e = html.escape
     parts = [
@@ -207,7 +208,7 @@ def _html(summary: dict, ev: VolumeEvaluator, boxes: list[str], overlays: list[t
     return "\n".join(parts)
 
 
-def write_report(out_dir: str | os.PathLike, ev: VolumeEvaluator, n_boot: int = 10000, seed: int = 0) -> dict:
+def write_report(out_dir: str | os.PathLike, ev: MetricTable, n_boot: int = 10000, seed: int = 0) -> dict:
     """Write ``metrics.csv``, ``summary.json``, ``report.html`` and ``figures/`` into ``out_dir``.
 
     The files appear all at once (temporary folder, then ``os.replace``); files of an older

@@ -1,7 +1,7 @@
 """End-to-end evaluations: prediction folders vs labels (the CLI) and a network on a datalist (the bundle).
 
 Both validate all inputs before writing anything, score every case with one
-:class:`~s2s2_monai.evaluation.evaluator.VolumeEvaluator` and write one report with
+:class:`~s2s2_monai.evaluation.metric_table.MetricTable` and write one report with
 :func:`~s2s2_monai.evaluation.report.write_report`.
 """
 
@@ -15,7 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from s2s2_monai.errors import S2S2InputError
-from s2s2_monai.evaluation.evaluator import VolumeEvaluator
+from s2s2_monai.evaluation.metric_table import MetricTable
 from s2s2_monai.evaluation.metrics import DEFAULT_HD95
 from s2s2_monai.evaluation.report import write_report
 from s2s2_monai.label_maps import LabelMap, get_label_map
@@ -62,7 +62,7 @@ def evaluate_folders(
 
     lm = get_label_map(label_map)
     pairs = find_pairs(dict(pred_dirs), label_dir)
-    ev = VolumeEvaluator(lm.classes, hd95=hd95, legacy_transunet=legacy_transunet, label_map=lm.name)
+    ev = MetricTable(lm.classes, hd95=hd95, legacy_transunet=legacy_transunet, label_map=lm.name)
     for pair in tqdm(pairs, desc="evaluating", unit="case", disable=not progress):
         pred, gt, affine = load_pair(pair.pred_path, pair.label_path, lm.valid_ids())
         image = None
@@ -92,6 +92,7 @@ def evaluate_datalist(
     write_predictions: bool = True,
     method: str = "prediction",
     progress: bool = True,
+    transform=None,
 ) -> dict:
     """Segment every case of a datalist section with ``network`` and write predictions + report.
 
@@ -113,28 +114,25 @@ def evaluate_datalist(
         data_root: root of relative datalist paths.
         write_predictions: also write the NIfTI predictions.
         method: method name in the report.
+        progress: progress bar.
+        transform: per-volume preprocessing (a bundle's ``train#deterministic_transforms``); default
+            the paper's for the datalist's modality (:mod:`s2s2_monai.data.cases`).
 
     Returns:
         The summary written to ``summary.json``.
     """
-    from s2s2_monai.data.datalist import Datalist, load_datalist
-    from s2s2_monai.data.slices import intensity_for
-    from s2s2_monai.data.volumes import case_id_of, load_case, save_nifti_atomic, to_source_orientation
+    from s2s2_monai.data.cases import as_datalist, iter_cases
+    from s2s2_monai.data.volumes import write_prediction
     from s2s2_monai.evaluation.inference import predict_volume
     from s2s2_monai.evaluation.legacy import LEGACY_INPUT_SIZE, legacy_predict_volume
-    from s2s2_monai.transforms import RemapLabels
 
-    dl = datalist if isinstance(datalist, Datalist) else load_datalist(datalist, data_root)
-    entries = dl.items(section)
-    if not entries:
+    dl = as_datalist(datalist, data_root)
+    if not dl.items(section):
         raise S2S2InputError(dl.path, f"datalist has no entries in section {section!r}", "choose a section with cases (training/validation/test)")
     lm = dl.label_map if label_map is None else get_label_map(label_map)
-    intensity = intensity_for(dl.modality)
-    remap = RemapLabels(dl.label_remap) if dl.label_remap else None
-    ev = VolumeEvaluator(lm.classes, hd95=hd95, legacy_transunet=legacy_transunet, label_map=lm.name)
+    ev = MetricTable(lm.classes, hd95=hd95, legacy_transunet=legacy_transunet, label_map=lm.name)
     out_dir = Path(out_dir)
-    for entry in tqdm(entries, desc=f"evaluating {section}", unit="case", disable=not progress):
-        case = load_case(entry["image"], entry.get("label"), intensity=intensity, remap=remap, valid_label_ids=dl.valid_label_ids(), case_id=entry.get("case_id") or case_id_of(entry["image"]))
+    for case in iter_cases(dl, section, transform=transform, progress=progress, desc=f"evaluating {section}"):
         if legacy_transunet:
             pred = legacy_predict_volume(network, case.image, input_size=input_size or LEGACY_INPUT_SIZE, batch_size=batch_size, device=device)
         else:
@@ -142,8 +140,7 @@ def evaluate_datalist(
         if case.label is not None:
             ev.add(case.case_id, pred, case.label, case.spacing, method=method, image=case.image)
         if write_predictions:
-            arr = to_source_orientation(pred.to(torch.uint8 if lm.num_classes <= 256 else torch.int16), case.affine, case.source_affine)
-            save_nifti_atomic(arr.cpu().numpy(), case.source_affine, out_dir / "predictions" / f"{case.case_id}.nii.gz")
+            write_prediction(pred, case.affine, case.source_affine, out_dir / "predictions" / f"{case.case_id}.nii.gz")
     if not ev.rows:
         raise S2S2InputError(dl.path, f"no case of section {section!r} has a label, so nothing can be scored", "add 'label' entries or evaluate another section")
     return write_report(out_dir, ev)

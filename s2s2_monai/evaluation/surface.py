@@ -8,13 +8,15 @@ Building blocks of :mod:`s2s2_monai.evaluation.metrics`:
   volume (``scipy.ndimage.binary_erosion`` defaults; what medpy and MONAI use).
 - :func:`neighbour_codes`: 2x2x2 neighbourhood codes of the DeepMind ``surface-distance``
   package (surface elements between voxels) and :func:`surfel_area_table` (their areas in mm^2,
-  in float64, from MONAI's copy of the DeepMind marching-cubes normals).
+  in float64, from MONAI's copy of the DeepMind marching-cubes normals, held in
+  :mod:`.surfel_normals`).
 - :func:`nearest_distances`: exact Euclidean distance (mm) from each point of one set to the
   nearest point of another: a KD-tree on CPU, chunked brute force on a GPU.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import numpy as np
@@ -133,14 +135,25 @@ def surfel_area_table(spacing: Sequence[float], device: torch.device | str | Non
     """Area in mm^2 of the surface inside each of the 256 neighbourhood codes (float64).
 
     Same formula as ``surface_distance.lookup_tables.create_table_neighbour_code_to_surface_area``;
-    the normals come from MONAI's copy of the DeepMind table (exact in float32: multiples of 1/8).
+    the normals are MONAI's copy of the DeepMind table (exact: multiples of 1/8), held in
+    :mod:`~s2s2_monai.evaluation.surfel_normals` so that no MONAI import is needed.
     """
-    from monai.metrics.utils import _get_neighbour_code_to_normals_table
-
-    normals = _get_neighbour_code_to_normals_table("cpu").to(torch.float64)
+    normals = _normals_table()
     s = [float(v) for v in spacing]
     scale = torch.tensor([s[1] * s[2], s[0] * s[2], s[0] * s[1]], dtype=torch.float64)
     return torch.linalg.norm(normals * scale, dim=-1).sum(-1).to(device)
+
+
+@functools.cache
+def _normals_table() -> torch.Tensor:
+    """(256, 4, 3) float64 surface normals per neighbourhood code (zero rows pad to 4 triangles)."""
+    from s2s2_monai.evaluation.surfel_normals import MAX_NORMALS, NORMALS_X8
+
+    table = np.zeros((len(NORMALS_X8), MAX_NORMALS, 3), dtype=np.float64)
+    for code, normals in enumerate(NORMALS_X8):
+        if normals:
+            table[code, : len(normals)] = np.asarray(normals, dtype=np.float64) / 8.0
+    return torch.from_numpy(table)
 
 
 def nearest_distances(

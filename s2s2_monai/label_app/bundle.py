@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from s2s2_monai.atomic import torch_save
+from s2s2_monai.bundle_config import build_network, parse_setting, read_config
 from s2s2_monai.checkpoints import read_state_dict
 from s2s2_monai.errors import S2S2InputError
 from s2s2_monai.label_maps import LabelMap, get_label_map
@@ -48,25 +49,6 @@ TRAIN_CONFIG = "configs/train.json"
 INFER_CONFIG = "configs/inference.json"
 METADATA = "configs/metadata.json"
 WEIGHTS = "models/model.pt"
-
-
-def _parser(config_files: Sequence[str | os.PathLike], bundle_root: str | os.PathLike | None = None):
-    from monai.bundle import ConfigParser
-
-    parser = ConfigParser()
-    parser.read_config([str(f) for f in config_files])
-    if bundle_root is not None:
-        parser["bundle_root"] = str(bundle_root)
-    return parser
-
-
-def _parse(parser, key: str, where: Path, fix: str):
-    if key not in parser:
-        raise S2S2InputError(where, f"the config has no '{key}'", fix)
-    try:
-        return parser.get_parsed_content(key)
-    except Exception as exc:  # noqa: BLE001 - any config error becomes one clear message
-        raise S2S2InputError(where, f"cannot evaluate '{key}' ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})", fix) from None
 
 
 @dataclass
@@ -104,7 +86,7 @@ class ModelBundle:
     def build_network(self) -> torch.nn.Module:
         """A fresh (untrained) network from the bundle's ``network_def``."""
         config = self.root / INFER_CONFIG if (self.root / INFER_CONFIG).is_file() else self.train_config
-        return _parse(_parser([config], self.root), "network_def", config, "export the bundle again with `s2s2 export-bundle`")
+        return build_network(read_config([config], self.root), config)
 
     def load_network(self, device: torch.device | str = "cpu") -> torch.nn.Module:
         """The network with ``models/model.pt`` loaded (strict), in eval mode on ``device``."""
@@ -141,16 +123,16 @@ def load_model_bundle(root: str | os.PathLike, name: str | None = None) -> Model
     if not (root / TRAIN_CONFIG).is_file() and not (root / INFER_CONFIG).is_file():
         raise S2S2InputError(root, f"no {TRAIN_CONFIG} here: not an exported S2S2 model", "create it with `s2s2 export-bundle --config bundles/synapse/train.json --checkpoint CKPT --out MODELS/NAME`")
     config = root / INFER_CONFIG if (root / INFER_CONFIG).is_file() else root / TRAIN_CONFIG
-    parser = _parser([config], root)
+    parser = read_config([config], root)
     fix = "export the bundle again with `s2s2 export-bundle`"
-    map_name = _parse(parser, "label_map", config, fix)
+    map_name = parse_setting(parser, "label_map", config, fix)
     try:
         label_map = map_name if isinstance(map_name, LabelMap) else get_label_map(str(map_name))
     except KeyError as exc:
         raise S2S2InputError(config, str(exc.args[0]), "set label_map to a known label map name") from None
     if "network_def" not in parser:
         raise S2S2InputError(config, "the config has no 'network_def'", fix)
-    size = _parse(parser, "input_size", config, fix) if "input_size" in parser else None
+    size = parse_setting(parser, "input_size", config, fix) if "input_size" in parser else None
     return ModelBundle(name=name or root.name, root=root, label_map=label_map, input_size=None if size is None else tuple(int(s) for s in size))
 
 
@@ -191,11 +173,11 @@ def export_bundle(
     try:
         (tmp / "configs").mkdir(parents=True)
         root = str(out.resolve())
-        merged = {**_parser(config_files).config, "bundle_root": root}
+        merged = {**read_config(config_files).config, "bundle_root": root}
         (tmp / TRAIN_CONFIG).write_text(json.dumps(merged, indent=2) + "\n")
         if (first.parent / "inference.json").is_file():
             # the bundle's inference.json is an overlay of train.json: export both merged, reading our weights
-            merged_inf = _parser([first, first.parent / "inference.json", *overlays]).config
+            merged_inf = read_config([first, first.parent / "inference.json", *overlays]).config
             merged_inf.update({"bundle_root": root, "model_path": "$@bundle_root + '/models/model.pt'"})
             (tmp / INFER_CONFIG).write_text(json.dumps(merged_inf, indent=2) + "\n")
         if (first.parent / "metadata.json").is_file():

@@ -89,7 +89,7 @@ def retrain(
     """
     from monai.bundle import ConfigWorkflow
 
-    from s2s2_monai.training.bundle_utils import latest_checkpoint
+    from s2s2_monai.checkpoints import numbered_checkpoints
 
     start = time.time()
     run_dir = Path(run_dir) if run_dir is not None else bundle.root / "train_runs" / time.strftime("%Y%m%d-%H%M%S")
@@ -122,7 +122,8 @@ def retrain(
     workflow.run()
     workflow.finalize()
     best = run_dir / "models" / "model.pt"
-    weights = best if best.is_file() else latest_checkpoint(run_dir / "checkpoints")
+    interval = numbered_checkpoints(run_dir / "checkpoints")
+    weights = best if best.is_file() else (interval[0] if interval else None)
     if weights is None:
         raise S2S2InputError(run_dir, "training wrote no checkpoint", "raise max_epochs to at least 1")
     published = None

@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from s2s2_monai.data.slices import intensity_for
-from s2s2_monai.data.volumes import _source_affine, load_volume, save_nifti_atomic, to_source_orientation
+from s2s2_monai.data.volumes import load_volume, source_affine_of, write_prediction
 from s2s2_monai.evaluation.inference import predict_volume
 from s2s2_monai.label_app.checks import check_modality_range
+from s2s2_monai.transforms import intensity_for
 
 __all__ = ["PreparedVolume", "prepare_volume", "write_label", "segment_file"]
 
@@ -51,15 +51,13 @@ def prepare_volume(path: str | os.PathLike, modality: str) -> PreparedVolume:
     return PreparedVolume(
         image=torch.as_tensor(transformed.as_tensor() if hasattr(transformed, "as_tensor") else transformed)[0].float(),
         affine=np.asarray(img.affine, dtype=np.float64),
-        source_affine=_source_affine(img),
+        source_affine=source_affine_of(img),
     )
 
 
 def write_label(labels: torch.Tensor | np.ndarray, volume: PreparedVolume, out: str | os.PathLike) -> Path:
     """Write (X, Y, Z) RAS labels as uint8 NIfTI on the grid of the original file (atomic)."""
-    arr = labels.detach().cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
-    arr = to_source_orientation(arr.astype(np.uint8), volume.affine, volume.source_affine)
-    return save_nifti_atomic(arr, volume.source_affine, out)
+    return write_prediction(labels, volume.affine, volume.source_affine, out)
 
 
 def segment_file(

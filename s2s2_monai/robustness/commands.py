@@ -1,37 +1,55 @@
-"""CLI command ``s2s2 robustness``: Dice under bias field, ghosting, motion and spike corruptions."""
+"""CLI command ``s2s2 robustness``: Dice under scanner artefacts and CT degradations vs clean."""
 
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
-__all__ = ["register"]
+__all__ = ["register", "resolve_configs"]
 
 
-def _parse_sets(items: list[str] | None) -> dict:
-    """``ID=VALUE`` pairs -> dict; VALUE is read as JSON when it parses (numbers, lists), else as a string."""
-    import json
+def resolve_configs(configs: list[str] | None, bundle: str) -> list[str] | None:
+    """``--config`` values -> absolute paths; a path is relative to the current folder.
 
+    A relative value that is no file here but one inside ``bundle`` (the old meaning of
+    ``--config``, e.g. ``--config train.json``) is still read from there, with a warning.
+    """
     from s2s2_monai.errors import S2S2InputError
 
-    out = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise S2S2InputError(None, f"--set {item!r} is not ID=VALUE", "write e.g. --set cooperative_channels=[8,16,16,16,16]")
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
+    if not configs:
+        return None
+    out = []
+    for value in configs:
+        path = Path(value)
+        if path.is_file():
+            out.append(str(path.absolute()))
+            continue
+        legacy = Path(bundle) / value
+        if not path.is_absolute() and legacy.is_file():
+            print(
+                f"warning: --config {value} read as {legacy} (relative to --bundle); that is deprecated, --config takes a path "
+                f"relative to the current folder: --config {legacy}",
+                file=sys.stderr,
+            )
+            out.append(str(legacy.absolute()))
+            continue
+        raise S2S2InputError(path, "config file not found", f"give the path of a bundle config file (relative to the current folder), e.g. --config {Path(bundle) / 'train.json'}")
     return out
 
 
 def _robustness(args: argparse.Namespace) -> int:
     import torch
 
+    from s2s2_monai.cli_options import parse_sets
+    from s2s2_monai.errors import S2S2InputError
     from s2s2_monai.robustness.run import load_bundle_network, robustness_evaluation
 
+    configs = resolve_configs(args.config, args.bundle)
+    if not Path(args.checkpoint).is_file():  # before the (slow) bundle config is parsed
+        raise S2S2InputError(args.checkpoint, "checkpoint file not found", "pass the models/model.pt written by training (--checkpoint)")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    network, settings = load_bundle_network(args.bundle, args.ckpt, args.config, _parse_sets(args.set), device=device)
+    network, settings = load_bundle_network(args.bundle, args.checkpoint, configs, parse_sets(args.set), device=device)
     input_size = args.input_size or settings["input_size"]
     result = robustness_evaluation(
         network,
@@ -59,20 +77,30 @@ def _robustness(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from s2s2_monai.evaluation.metrics import HD95_DEFINITIONS
+    from s2s2_monai.cli_options import add_checkpoint, add_config, add_no_progress, add_out, add_set
+    from s2s2_monai.evaluation.names import HD95_DEFINITIONS
     from s2s2_monai.label_maps import LABEL_MAPS
-    from s2s2_monai.robustness.corruptions import CORRUPTIONS
+    from s2s2_monai.robustness.names import CORRUPTION_NAMES, DEFAULT_SEVERITY, SEVERITIES
 
-    p = sub.add_parser("robustness", help="Dice on seeded corrupted copies (bias field, ghosting, motion, spike) of test volumes vs clean")
-    p.add_argument("--bundle", required=True, help="bundle folder (e.g. bundles/synapse)")
-    p.add_argument("--ckpt", required=True, help="trained weights (models/model.pt or a checkpoint_epoch=N.pt)")
-    p.add_argument("--datalist", required=True, help="datalist JSON of the volumes to corrupt")
-    p.add_argument("--out", required=True, help="report folder")
-    p.add_argument("--config", action="append", default=None, metavar="FILE", help="bundle config file(s) merged in order (default inference.json or train.json); repeat, e.g. --config train.json --config cooperative.json")
-    p.add_argument("--set", action="append", default=None, metavar="ID=VALUE", help="bundle setting override, as for monai.bundle (VALUE read as JSON when it parses); repeat")
-    p.add_argument("--data-root", default=None, help="root of relative datalist paths (default: the datalist's folder)")
+    levels = f"{SEVERITIES[0]}-{SEVERITIES[-1]}"
+    p = sub.add_parser(
+        "robustness",
+        help="Dice on seeded corrupted copies of test volumes vs clean (scanner artefacts, CT degradations)",
+        description=(
+            f"Segment the labelled cases of a datalist section clean and in seeded corrupted copies, and report the Dice drop. "
+            f"Corruptions: {', '.join(CORRUPTION_NAMES)}; each is graded in severities {', '.join(map(str, SEVERITIES))} "
+            f"(mildest first); this command runs severity {DEFAULT_SEVERITY}, the upstream setting."
+        ),
+    )
+    p.add_argument("--bundle", required=True, metavar="DIR", help="bundle folder (e.g. bundles/synapse); its inference.json (else train.json) is the default --config")
+    add_checkpoint(p, "trained weights (models/model.pt or a checkpoint_epoch=N.pt)")
+    p.add_argument("--datalist", required=True, metavar="JSON", help="datalist JSON of the volumes to corrupt")
+    add_out(p, "report folder")
+    add_config(p, "bundle config file, a path relative to the current folder; repeat, merged in order, e.g. --config bundles/synapse/train.json --config bundles/synapse/cooperative.json")
+    add_set(p, "bundle setting override, as for monai.bundle (VALUE read as JSON when it parses); repeat")
+    p.add_argument("--data-root", default=None, metavar="DIR", help="root of relative datalist paths (default: the datalist's folder)")
     p.add_argument("--section", default="test", help="datalist section (default test)")
-    p.add_argument("--corruption", action="append", choices=list(CORRUPTIONS), default=None, help="corruption(s) to run (default all four)")
+    p.add_argument("--corruption", action="append", choices=CORRUPTION_NAMES, default=None, help=f"corruption(s) to run (default all {len(CORRUPTION_NAMES)}), at severity {DEFAULT_SEVERITY} of {levels}")
     p.add_argument("--copies", type=int, default=3, help="seeded copies per case and corruption (default 3)")
     p.add_argument("--seed", type=int, default=0, help="base seed of the copies (default 0)")
     p.add_argument("--input-size", type=int, nargs=2, default=None, metavar=("H", "W"), help="network input size (default the bundle's input_size)")
@@ -81,5 +109,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default=None, help="torch device (default cuda when available)")
     p.add_argument("--batch-size", type=int, default=32, help="slices per forward pass")
     p.add_argument("--bootstrap", type=int, default=10000, help="bootstrap resamples of the clean-vs-corruption comparisons")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_no_progress(p)
     p.set_defaults(func=_robustness)

@@ -63,6 +63,7 @@ import numpy as np
 import torch
 
 from s2s2_monai.errors import S2S2InputError
+from s2s2_monai.robustness.names import CORRUPTION_NAMES, SEVERITIES
 
 __all__ = [
     "CORRUPTIONS",
@@ -76,8 +77,8 @@ __all__ = [
     "severity_table_markdown",
 ]
 
-#: The severity levels, mildest first (ImageNet-C convention).
-SEVERITIES: tuple[int, ...] = (1, 2, 3, 4, 5)
+# SEVERITIES (the levels, mildest first, ImageNet-C convention) and the corruption names are
+# literal constants in :mod:`.names`, torch-free, for the CLI; the registry below must match them.
 
 
 def _torchio():
@@ -338,6 +339,7 @@ _CORRUPTION_LIST = (
 
 #: name -> :class:`Corruption` (scanner artefacts first, then the CT degradations).
 CORRUPTIONS: dict[str, Corruption] = {c.name: c for c in _CORRUPTION_LIST}
+assert tuple(CORRUPTIONS) == CORRUPTION_NAMES, "update s2s2_monai/robustness/names.py with the registry"
 
 
 def get_corruption(name: str) -> Corruption:

@@ -3,7 +3,7 @@
 Every labelled case of the section is segmented clean and in ``copies`` seeded corrupted copies
 per corruption (:mod:`s2s2_monai.robustness.corruptions`), with the project's slice inference
 (:func:`~s2s2_monai.evaluation.inference.predict_volume`) and scored by the project's
-:class:`~s2s2_monai.evaluation.evaluator.VolumeEvaluator`. The output folder holds the standard
+:class:`~s2s2_monai.evaluation.metric_table.MetricTable`. The output folder holds the standard
 evaluation report (``metrics.csv``, ``summary.json``, ``report.html``, ``figures/``: each
 corruption is a *method* next to ``clean``, its copies of a case averaged per case, and compared
 with ``clean`` case by case) plus:
@@ -31,7 +31,6 @@ import torch
 from tqdm.auto import tqdm
 
 from s2s2_monai.atomic import json_safe, publish, write_json
-from s2s2_monai.checkpoints import read_state_dict
 from s2s2_monai.errors import S2S2InputError
 from s2s2_monai.robustness.corruptions import CORRUPTIONS, copy_seed, corrupt_volume
 
@@ -62,7 +61,7 @@ def load_bundle_network(
         ``(network in eval mode, {"input_size": ..., "label_map": ..., "hd95": ...})`` (settings the
         bundle defines, ``None`` otherwise).
     """
-    from monai.bundle import ConfigParser
+    from s2s2_monai.bundle_config import load_trained_network, parse_setting, read_config
 
     bundle_dir = Path(bundle_dir)
     if not bundle_dir.is_dir():
@@ -70,30 +69,11 @@ def load_bundle_network(
     if not config_files:
         config_files = ["inference.json"] if (bundle_dir / "inference.json").is_file() else ["train.json"]
     paths = [Path(f) if Path(f).is_absolute() else bundle_dir / f for f in config_files]
-    for p in paths:
-        if not p.is_file():
-            raise S2S2InputError(p, "bundle config file not found", f"name config files that exist in {bundle_dir}")
-    ckpt = Path(ckpt)
-    if not ckpt.is_file():
-        raise S2S2InputError(ckpt, "checkpoint file not found", "pass the models/model.pt written by training")
-    parser = ConfigParser()
-    parser.read_config([str(p) for p in paths])
-    parser["bundle_root"] = str(bundle_dir)
-    for k, v in (overrides or {}).items():
-        parser[k] = v
-    if "network_def" not in parser:
-        raise S2S2InputError(paths[-1], "the bundle config has no 'network_def'", "use the bundle's train.json / inference.json")
-    network = parser.get_parsed_content("network_def", instantiate=True)
-    try:
-        state = read_state_dict(ckpt)
-        network.load_state_dict(state)
-    except (ValueError, RuntimeError, KeyError) as exc:
-        first = " ".join(line.strip() for line in str(exc).strip().splitlines()[:2])[:300]
-        raise S2S2InputError(ckpt, f"checkpoint does not fit the bundle's network_def ({first})", "pass the config files and overrides the model was trained with (e.g. --config train.json --config cooperative.json --set cooperative_channels=[8,16,16,16,16])") from exc
-    network.to(device).eval()
+    parser = read_config(paths, bundle_dir, overrides)
+    network = load_trained_network(parser, ckpt, paths[-1], device)
 
     def setting(key):
-        return parser.get_parsed_content(key) if key in parser else None
+        return parse_setting(parser, key, paths[-1], "fix the bundle config", default=None)
 
     return network, {"input_size": setting("input_size"), "label_map": setting("label_map"), "hd95": setting("hd95")}
 
@@ -179,15 +159,12 @@ def robustness_evaluation(
     Returns:
         ``{"summary": summary.json content, "robustness": robustness.json content}``.
     """
-    from s2s2_monai.data.datalist import Datalist, load_datalist
-    from s2s2_monai.data.slices import intensity_for
-    from s2s2_monai.data.volumes import case_id_of, load_case
-    from s2s2_monai.evaluation.evaluator import VolumeEvaluator
+    from s2s2_monai.data.cases import as_datalist, load_entry
     from s2s2_monai.evaluation.inference import predict_volume
+    from s2s2_monai.evaluation.metric_table import MetricTable
     from s2s2_monai.evaluation.metrics import DEFAULT_HD95
     from s2s2_monai.evaluation.report import write_report
     from s2s2_monai.label_maps import get_label_map
-    from s2s2_monai.transforms import RemapLabels
 
     corruptions = list(corruptions) if corruptions is not None else list(CORRUPTIONS)
     unknown = [c for c in corruptions if c not in CORRUPTIONS]
@@ -195,21 +172,19 @@ def robustness_evaluation(
         raise S2S2InputError(None, f"unknown or no corruptions {unknown or corruptions}", f"choose from {', '.join(CORRUPTIONS)}")
     if copies < 1:
         raise S2S2InputError(None, f"copies must be >= 1, got {copies}", "use --copies 3 (the default)")
-    dl = datalist if isinstance(datalist, Datalist) else load_datalist(datalist, data_root)
+    dl = as_datalist(datalist, data_root)
     entries = [e for e in dl.items(section) if e.get("label")]
     if not entries:
         raise S2S2InputError(dl.path, f"datalist has no labelled cases in section {section!r}", "choose a section with labelled cases (--section validation)")
     lm = dl.label_map if label_map is None else get_label_map(label_map)
-    ev = VolumeEvaluator(lm.classes, hd95=hd95 or DEFAULT_HD95, label_map=lm.name)
-    intensity = intensity_for(dl.modality)
-    remap = RemapLabels(dl.label_remap) if dl.label_remap else None
+    ev = MetricTable(lm.classes, hd95=hd95 or DEFAULT_HD95, label_map=lm.name)
     rows: list[dict] = []
     clean_scores: list[float] = []
     scores: dict[str, list[float]] = {c: [] for c in corruptions}
     total = len(entries) * (1 + len(corruptions) * copies)
     bar = tqdm(total=total, desc=f"robustness {section}", unit="volume", disable=not progress)
     for entry in entries:
-        case = load_case(entry["image"], entry["label"], intensity=intensity, remap=remap, valid_label_ids=dl.valid_label_ids(), case_id=entry.get("case_id") or case_id_of(entry["image"]))
+        case = load_entry(dl, entry)
         pred = predict_volume(network, case.image, input_size=input_size, batch_size=batch_size, device=device)
         clean_scores.append(_mean_dice(ev.add(case.case_id, pred, case.label, case.spacing, method="clean", image=case.image)))
         bar.update()

@@ -26,6 +26,7 @@ import os
 import time
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -44,7 +45,7 @@ from s2s2_monai.stack.cache import (
 from s2s2_monai.stack.prompts import build_prompt
 from s2s2_monai.stack.quality import QualityBounds, check_and_regenerate
 
-__all__ = ["build_stack", "make_generator", "slice_jobs", "write_contact_sheet"]
+__all__ = ["build_stack", "ensure_stack", "make_generator", "slice_jobs", "write_contact_sheet"]
 
 logger = logging.getLogger(__name__)
 
@@ -346,3 +347,34 @@ def _generate_batch(
         job = jobs[key]
         meta = {"generator": gen.name, "prompt": job["prompt"], "seed": job["seed"], "mask_sha256": job["mask_sha256"], "qc": records}
         cache.write_entry(key, to_uint8(imgs), meta)
+
+
+def ensure_stack(
+    datalist: str | os.PathLike,
+    stack_dir: str | os.PathLike,
+    use_stack: bool = True,
+    build_if_missing: bool = True,
+    generator: str = "appearance",
+    n: int = 16,
+    seed: int = 0,
+    data_root: str | os.PathLike | None = None,
+    **build_kwargs: Any,
+) -> str | None:
+    """The stack cache folder for training (``None`` for the baseline).
+
+    With ``build_if_missing``, :func:`s2s2_monai.stack.build.build_stack` completes the cache
+    (existing valid entries are skipped, so a complete cache costs one check). Otherwise the
+    cache must exist.
+
+    Raises:
+        S2S2InputError: no cache and ``build_if_missing`` is false.
+    """
+    if not use_stack:
+        return None
+    stack_dir = Path(stack_dir)
+    if build_if_missing:
+        build_kwargs.setdefault("verify_existing", False)
+        build_stack(datalist, stack_dir, generator=generator, n=n, seed=seed, data_root=data_root, **build_kwargs)
+    elif not (stack_dir / "manifest.json").is_file():
+        raise S2S2InputError(stack_dir, "no stack cache here", f"build it with `s2s2 stack build --datalist {datalist} --out {stack_dir}` or set build_stack_if_missing true")
+    return str(stack_dir)

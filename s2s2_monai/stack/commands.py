@@ -77,22 +77,24 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from s2s2_monai.cli_options import add_no_progress, add_out
+
     stack = sub.add_parser("stack", help="build and inspect semantic stack caches")
     ssub = stack.add_subparsers(dest="stack_command", required=True, metavar="ACTION")
 
     p = ssub.add_parser("build", help="generate the stacks of every training slice (resumable; run under torchrun to shard)")
-    p.add_argument("--datalist", required=True, help="datalist JSON (its 'training' section)")
+    p.add_argument("--datalist", metavar="JSON", required=True, help="datalist JSON (its 'training' section)")
     p.add_argument("--generator", choices=("appearance", "diffusion"), default="appearance", help="diffusion = SD + ControlNet (the paper); appearance = weight-free substitute")
     p.add_argument("--n", "--members", dest="n", type=int, default=16, help="members per mask (default 16); under torchrun write --members (torchrun's own parser mistakes --n for a prefix of its options)")
-    p.add_argument("--out", required=True, help="cache folder")
-    p.add_argument("--data-root", default=None, help="root of relative datalist paths")
-    p.add_argument("--sd-dir", default=None, help="Stable Diffusion folder (diffusers layout), for --generator diffusion")
-    p.add_argument("--controlnet-dir", default=None, help="fine-tuned ControlNet folder, for --generator diffusion")
+    add_out(p, "cache folder")
+    p.add_argument("--data-root", metavar="DIR", default=None, help="root of relative datalist paths")
+    p.add_argument("--sd-dir", metavar="DIR", default=None, help="Stable Diffusion folder (diffusers layout), for --generator diffusion")
+    p.add_argument("--controlnet-dir", metavar="DIR", default=None, help="fine-tuned ControlNet folder, for --generator diffusion")
     p.add_argument("--seed", type=int, default=0, help="global seed (default 0)")
     p.add_argument("--resolution", type=int, default=None, help="diffusion generation resolution (default 512); stacks are stored at the slice grid")
     p.add_argument("--batch-size", type=int, default=8, help="masks per generator call (default 8)")
     p.add_argument("--no-qc", action="store_true", help="skip the per-organ intensity quality check")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_no_progress(p)
     p.set_defaults(func=_build)
 
     p = ssub.add_parser("info", help="entries, members, bytes, missing/corrupt, QC pass rate and digest of a cache")

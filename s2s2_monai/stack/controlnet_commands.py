@@ -25,7 +25,7 @@ def _train(args: argparse.Namespace) -> int:
         num_workers=args.num_workers,
     )
     result = train_controlnet(
-        args.sd_dir, args.datalist, args.out, config, resume=args.resume, device=args.device, data_root=args.data_root, progress=not args.quiet
+        args.sd_dir, args.datalist, args.out, config, resume=args.resume, device=args.device, data_root=args.data_root, progress=not args.no_progress
     )
     start = f" (resumed at step {result.resumed_from})" if result.resumed_from is not None else ""
     last = f", last loss {result.losses[-1]:.4f}" if result.losses else ""
@@ -34,13 +34,15 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from s2s2_monai.cli_options import add_no_progress, add_out
+
     p = sub.add_parser("controlnet", help="ControlNet fine-tuning on a datalist (Stable Diffusion frozen)")
     csub = p.add_subparsers(dest="controlnet_command", required=True, metavar="COMMAND")
     t = csub.add_parser("train", help="fine-tune a ControlNet on the training slices (resumable)")
-    t.add_argument("--sd-dir", required=True, help="local Stable Diffusion folder in diffusers layout (nothing is downloaded)")
-    t.add_argument("--datalist", required=True, help="datalist JSON; its training section (with labels) is used")
-    t.add_argument("--out", required=True, help="output folder (checkpoints/, controlnet/, train_config.json, losses.json)")
-    t.add_argument("--data-root", default=None, help="root of relative datalist paths (default: the datalist's folder)")
+    t.add_argument("--sd-dir", metavar="DIR", required=True, help="local Stable Diffusion folder in diffusers layout (nothing is downloaded)")
+    t.add_argument("--datalist", metavar="JSON", required=True, help="datalist JSON; its training section (with labels) is used")
+    add_out(t, "output folder (checkpoints/, controlnet/, train_config.json, losses.json)")
+    t.add_argument("--data-root", metavar="DIR", default=None, help="root of relative datalist paths (default: the datalist's folder)")
     t.add_argument("--epochs", type=int, default=100, help="epochs over the training slices (default 100)")
     t.add_argument("--batch-size", type=int, default=16, help="slices per micro-batch (default 16)")
     t.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step (default 1)")
@@ -55,5 +57,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--no-mixed-precision", action="store_true", help="train in fp32 on CUDA too")
     t.add_argument("--num-workers", type=int, default=0, help="DataLoader workers (default 0)")
     t.add_argument("--device", default=None, help="torch device (default: cuda when available)")
-    t.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_no_progress(t)
     t.set_defaults(func=_train)

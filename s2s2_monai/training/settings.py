@@ -9,12 +9,11 @@ values of their plain settings; a bad one is reported as one
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Mapping
 from numbers import Real
 from typing import Any
 
-from s2s2_monai.errors import S2S2InputError
+from s2s2_monai.errors import S2S2InputError, exit_or_raise
 
 __all__ = ["SETTING_RULES", "check_training_settings"]
 
@@ -79,8 +78,5 @@ def check_training_settings(settings: Mapping[str, Any], exit_on_error: bool = F
                 known = ", ".join(choices[key])
                 raise S2S2InputError(f"--{key}", f"unknown {key.replace('_', ' ')} {value!r} (known: {known})", f"pass one of them, e.g. --{key} {choices[key][0]}")
     except S2S2InputError as exc:
-        if exit_on_error:
-            print(f"error: {exc}", file=sys.stderr)
-            raise SystemExit(2) from None
-        raise
+        exit_or_raise(exc, exit_on_error)
     return dict(settings)

@@ -27,6 +27,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from s2s2_monai.networks.wrappers import unwrap_network
+
 __all__ = ["TapSpec", "FeatureTap", "TAP_PRESETS", "get_tap_preset", "preset_for_network", "unwrap_network", "resolve_module"]
 
 
@@ -79,17 +81,6 @@ def get_tap_preset(name: str) -> dict[str, TapSpec]:
         return TAP_PRESETS[name]
     except KeyError:
         raise KeyError(f"unknown tap preset {name!r}; known: {sorted(TAP_PRESETS)}") from None
-
-
-def unwrap_network(network: nn.Module) -> nn.Module:
-    """The user's network inside DistributedDataParallel / DataParallel / ``torch.compile`` wrappers."""
-    while True:
-        if isinstance(network, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
-            network = network.module
-        elif hasattr(network, "_orig_mod") and isinstance(network._orig_mod, nn.Module):
-            network = network._orig_mod
-        else:
-            return network
 
 
 def preset_for_network(network: nn.Module) -> dict[str, TapSpec]:

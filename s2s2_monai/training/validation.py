@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from s2s2_monai.data.slices import VolumeCache
 from s2s2_monai.label_maps import LabelMap, get_label_map
-from s2s2_monai.training.taps import unwrap_network
+from s2s2_monai.networks.wrappers import unwrap_network
 
 __all__ = ["VolumeDataset", "volume_loader", "first_item", "VolumeMetric", "volume_metrics", "VolumeEvaluator"]
 
@@ -153,6 +153,8 @@ class VolumeEvaluator(Evaluator):
         label_map: the classes to score (a :class:`LabelMap` or its name).
         input_size: network input (H, W); slices are resized to it and back (``None``: native).
         batch_size: slices per forward pass.
+        inferer: the volume prediction; default
+            :class:`~s2s2_monai.evaluation.inferer.SliceVolumeInferer` ``(input_size, batch_size)``.
         hd95: HD95 definition of :func:`~s2s2_monai.evaluation.metrics.compute_case_metrics`.
         key_val_metric: default ``{"val_mean_dice": VolumeMetric("dice", class_ids=label_map ids)}``.
         kwargs: other :class:`~monai.engines.Evaluator` arguments (``val_handlers``,
@@ -169,25 +171,26 @@ class VolumeEvaluator(Evaluator):
         batch_size: int = 32,
         hd95: str = "monai",
         key_val_metric: dict | None = None,
+        inferer=None,
         **kwargs: Any,
     ) -> None:
+        from s2s2_monai.evaluation.inferer import SliceVolumeInferer
+
         self.label_map = get_label_map(label_map)
         if key_val_metric is None:
             key_val_metric = {"val_mean_dice": VolumeMetric("dice", class_ids=self.label_map.ids)}
         kwargs.setdefault("decollate", False)
         super().__init__(device=device, val_data_loader=val_data_loader, key_val_metric=key_val_metric, **kwargs)
+        self.inferer = inferer if inferer is not None else SliceVolumeInferer(input_size, batch_size)
         self.network = network
-        self.input_size = None if input_size is None else tuple(int(s) for s in input_size)
-        self.batch_size = batch_size
         self.hd95 = hd95
 
     def _iteration(self, engine: VolumeEvaluator, case: dict) -> dict:
-        from s2s2_monai.evaluation.inference import predict_volume
         from s2s2_monai.evaluation.metrics import compute_case_metrics
 
         net = unwrap_network(engine.network)
         with engine.mode(net):
-            pred = predict_volume(net, case["image"], input_size=engine.input_size, batch_size=engine.batch_size, device=engine.state.device)
+            pred = engine.inferer(case["image"], net, device=engine.state.device)
         engine.fire_event(IterationEvents.FORWARD_COMPLETED)
         output = {"case_id": case.get("case_id"), "case_index": case.get("case_index", engine.state.iteration - 1), "pred": pred}
         if "label" in case:

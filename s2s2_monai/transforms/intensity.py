@@ -6,7 +6,7 @@ MONAI's own ``ScaleIntensityRange``, ``ClipIntensityPercentiles`` and ``Normaliz
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 
 from monai.config import KeysCollection, NdarrayOrTensor
 from monai.transforms import (
@@ -17,7 +17,7 @@ from monai.transforms import (
     Transform,
 )
 
-__all__ = ["CTWindow", "CTWindowd", "MRINormalize", "MRINormalized"]
+__all__ = ["intensity_for", "CTWindow", "CTWindowd", "MRINormalize", "MRINormalized"]
 
 
 class CTWindow(Transform):
@@ -82,3 +82,11 @@ class MRINormalized(_ArrayTransformd):
         self.transform = MRINormalize(upper_percentile)
 
 
+def intensity_for(modality: str) -> Callable:
+    """The paper's intensity transform for a modality: CT window [-125, 275] or MRI clip + z-norm."""
+    modality = modality.upper()
+    if modality == "CT":
+        return CTWindow(-125.0, 275.0)
+    if modality in ("MR", "MRI"):
+        return MRINormalize(99.5)
+    raise ValueError(f"unknown modality {modality!r}; use 'CT' or 'MRI'")

@@ -1,8 +1,8 @@
 """Collect per case x class metrics of one or several methods, plus the worst slice per organ.
 
-:class:`VolumeEvaluator` is the one place where a prediction meets its ground truth: the CLI
+:class:`MetricTable` is the one place where a prediction meets its ground truth: the CLI
 (folders), :func:`~s2s2_monai.evaluation.run.evaluate_datalist` (bundle) and validation during
-training all call :meth:`VolumeEvaluator.add`, so they report the same numbers.
+training all call :meth:`MetricTable.add`, so they report the same numbers.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import torch
 from s2s2_monai.evaluation.legacy import legacy_case_metrics
 from s2s2_monai.evaluation.metrics import DEFAULT_HD95, EMPTY_POLICY, as_label_tensor, check_hd95, compute_case_metrics
 
-__all__ = ["WorstSlice", "VolumeEvaluator"]
+__all__ = ["WorstSlice", "MetricTable"]
 
 
 @dataclass
@@ -34,7 +34,7 @@ class WorstSlice:
 
 
 @dataclass
-class VolumeEvaluator:
+class MetricTable:
     """Accumulates metrics case by case.
 
     Args:

@@ -1,4 +1,4 @@
-"""Helpers the bundles call: data checks, demo data, checkpoints, weights, NIfTI inference."""
+"""The steps the bundles call: data checks, demo data, the stack, checkpoints, weights, NIfTI inference."""
 
 from __future__ import annotations
 
@@ -13,18 +13,14 @@ import torch
 from ignite.engine import Engine, Events
 from monai.networks.nets import BasicUNet
 
+from s2s2_monai.checkpoints import load_weights, numbered_checkpoints
+from s2s2_monai.data.check import require_data
+from s2s2_monai.data.phantom import ensure_demo_data
 from s2s2_monai.errors import S2S2InputError
-from s2s2_monai.training.bundle_utils import (
-    AtomicCheckpointSaver,
-    ResumeCheckpointLoader,
-    ensure_demo_data,
-    ensure_stack,
-    infer_to_nifti,
-    latest_checkpoint,
-    load_weights,
-    require_data,
-    training_dataset,
-)
+from s2s2_monai.evaluation.predictions import infer_to_nifti
+from s2s2_monai.stack.build import ensure_stack
+from s2s2_monai.training.checkpoint_handlers import AtomicCheckpointSaver, ResumeCheckpointLoader
+from s2s2_monai.training.datasets import training_dataset
 from s2s2_monai.training.handlers import ConsistencyHandler
 from s2s2_monai.training.taps import TAP_PRESETS
 
@@ -73,14 +69,14 @@ def _engine_with_state(epochs: int) -> Engine:
 def test_atomic_saver_and_resume_loader(tmp_path):
     net = BasicUNet(2, 1, 2, features=(4, 4, 4, 4, 4, 4))
     opt = torch.optim.SGD(net.parameters(), lr=0.1)
-    assert latest_checkpoint(tmp_path / "nothing") is None
+    assert numbered_checkpoints(tmp_path / "nothing") == []
     saver = AtomicCheckpointSaver(str(tmp_path), {"network": net, "optimizer": opt}, engine_key="trainer", save_interval=1, n_saved=2, epoch_level=True)
     trainer = Engine(lambda e, b: None)
     saver.attach(trainer)
     trainer.run([0, 1, 2], max_epochs=3)
     files = sorted(p.name for p in tmp_path.iterdir())
     assert files == ["checkpoint_epoch=2.pt", "checkpoint_epoch=3.pt"]  # n_saved=2, no temp files left
-    assert latest_checkpoint(tmp_path).endswith("checkpoint_epoch=3.pt")
+    assert numbered_checkpoints(tmp_path)[0].name == "checkpoint_epoch=3.pt"
     mode = stat.S_IMODE(os.stat(tmp_path / files[-1]).st_mode)
     assert mode & stat.S_IRGRP  # not the 0600 of a raw temp file
     ckpt = torch.load(tmp_path / files[-1], weights_only=True)

@@ -1,0 +1,144 @@
+"""Options shared by the ``s2s2`` sub-commands: one name per concept, old spellings as hidden aliases.
+
+Torch-free (the parser is built on every ``s2s2`` call). Every command spells a concept the same way:
+
+=================  =====================================================  ==========================
+option             meaning                                                hidden deprecated aliases
+=================  =====================================================  ==========================
+``--checkpoint``   trained weights file                                   ``--ckpt``
+``--no-progress``  no progress bars                                       ``--quiet``
+``--config``       config file, a path relative to the current folder     (robustness: a name inside
+                   (repeat: merged in order)                              ``--bundle`` still works)
+``--set``          ``KEY=VALUE`` bundle override (VALUE read as JSON)
+``--out``          output folder                                          demo-data: positional OUT
+=================  =====================================================  ==========================
+
+An alias shares the canonical option's ``dest`` and is left out of ``--help``
+(``help=argparse.SUPPRESS``); using it prints one ``warning:`` line naming the new spelling. A
+required option is also satisfied by its alias.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+__all__ = [
+    "add_option",
+    "add_checkpoint",
+    "add_no_progress",
+    "add_config",
+    "add_set",
+    "add_out",
+    "parse_sets",
+    "reset_aliases",
+]
+
+
+class _Store(argparse.Action):
+    """``store``, whose ``required`` is waived while one of its deprecated aliases was given in this parse."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        self.alias_given = False
+        super().__init__(*args, **kwargs)
+
+    @property
+    def required(self) -> bool:
+        return self._required and not self.alias_given
+
+    @required.setter
+    def required(self, value: bool) -> None:
+        self._required = bool(value)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        setattr(namespace, self.dest, values)
+
+
+class _Alias(argparse.Action):
+    """A deprecated spelling of ``canonical``: same ``dest``, hidden from ``--help``, one warning when used."""
+
+    def __init__(self, option_strings, dest, canonical: argparse.Action, positional: bool = False, **kwargs) -> None:
+        self.canonical = canonical
+        self.positional = positional
+        nargs = "?" if positional else canonical.nargs
+        super().__init__(option_strings, dest, nargs=nargs, type=canonical.type, choices=canonical.choices, metavar=canonical.metavar, help=argparse.SUPPRESS, default=None if positional else argparse.SUPPRESS)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        if self.positional and values is None:  # an optional positional that was not given
+            return
+        new = self.canonical.option_strings[0]
+        if option_string:
+            print(f"warning: {option_string} is deprecated; use {new}", file=sys.stderr)
+        else:
+            metavar = self.canonical.metavar or self.canonical.dest.upper()
+            print(f"warning: a positional {metavar} is deprecated; use {new} {metavar}", file=sys.stderr)
+        if isinstance(self.canonical, _Store):
+            self.canonical.alias_given = True
+        self.canonical(parser, namespace, values, self.canonical.option_strings[0])
+
+
+def reset_aliases(parser: argparse.ArgumentParser) -> None:
+    """Forget which aliases the previous parse saw (called by the ``s2s2`` parser before each parse)."""
+    for action in parser._actions:
+        if isinstance(action, _Store):
+            action.alias_given = False
+
+
+def add_option(parser: argparse.ArgumentParser, name: str, *, aliases: tuple[str, ...] = (), **kwargs) -> argparse.Action:
+    """``parser.add_argument(name, **kwargs)`` plus hidden deprecated ``aliases`` sharing its ``dest``.
+
+    An alias starting with ``-`` is an option; a bare name is an optional positional argument
+    (its ``dest`` is that name; the value lands in the canonical ``dest``).
+    """
+    if aliases and kwargs.get("action", "store") == "store":
+        kwargs["action"] = _Store
+    canonical = parser.add_argument(name, **kwargs)
+    for alias in aliases:
+        if alias.startswith("-"):
+            parser.add_argument(alias, action=_Alias, dest=canonical.dest, canonical=canonical)
+        else:
+            parser.add_argument(alias, action=_Alias, canonical=canonical, positional=True)
+    return canonical
+
+
+def add_checkpoint(parser: argparse.ArgumentParser, help: str, required: bool = True) -> argparse.Action:
+    """``--checkpoint FILE`` (alias ``--ckpt``)."""
+    return add_option(parser, "--checkpoint", aliases=("--ckpt",), required=required, metavar="FILE", help=help)
+
+
+def add_no_progress(parser: argparse.ArgumentParser, help: str = "no progress bars") -> argparse.Action:
+    """``--no-progress`` (alias ``--quiet``), ``dest="no_progress"``."""
+    return add_option(parser, "--no-progress", aliases=("--quiet",), action="store_true", help=help)
+
+
+def add_config(parser: argparse.ArgumentParser, help: str, required: bool = False) -> argparse.Action:
+    """``--config FILE``, repeatable: config files merged in order, paths relative to the current folder."""
+    return parser.add_argument("--config", action="append", required=required, default=None, metavar="FILE", help=help)
+
+
+def add_set(parser: argparse.ArgumentParser, help: str) -> argparse.Action:
+    """``--set KEY=VALUE``, repeatable: bundle setting overrides (read them with :func:`parse_sets`)."""
+    return parser.add_argument("--set", action="append", default=None, metavar="KEY=VALUE", help=help)
+
+
+def add_out(parser: argparse.ArgumentParser, help: str, aliases: tuple[str, ...] = ()) -> argparse.Action:
+    """``--out DIR`` (required)."""
+    return add_option(parser, "--out", aliases=aliases, required=True, metavar="DIR", help=help)
+
+
+def parse_sets(items: list[str] | None) -> dict:
+    """``KEY=VALUE`` pairs of ``--set`` -> dict; VALUE is read as JSON when it parses (numbers, lists), else as a string."""
+    import json
+
+    from s2s2_monai.errors import S2S2InputError
+
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise S2S2InputError(None, f"--set {item!r} is not KEY=VALUE", "write e.g. --set cooperative_channels=[8,16,16,16,16]")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
