@@ -75,6 +75,14 @@ def _reader_for(path: Path) -> str | None:
     return None
 
 
+def _existing(path: str | os.PathLike) -> Path:
+    """``Path(path)``, or the one error every reader gives for a missing file."""
+    path = Path(path)
+    if not path.exists():
+        raise S2S2InputError(path, "file not found", "check the path (relative paths are resolved against --data-root)")
+    return path
+
+
 def load_volume(path: str | os.PathLike, is_label: bool = False) -> MetaTensor:
     """Load a NIfTI file or a DICOM series folder as a (1, X, Y, Z) MetaTensor in RAS.
 
@@ -87,9 +95,7 @@ def load_volume(path: str | os.PathLike, is_label: bool = False) -> MetaTensor:
         S2S2InputError: missing, unreadable or truncated file, not a 3D volume, NaN/inf values,
             non-integer labels.
     """
-    path = Path(path)
-    if not path.exists():
-        raise S2S2InputError(path, "file not found", "check the path (relative paths are resolved against --data-root)")
+    path = _existing(path)
     if path.is_dir() and not any(p.is_file() for p in path.iterdir()):
         raise S2S2InputError(path, "folder holds no DICOM files", "point to a folder with the .dcm files of one series")
     from monai.data import MetaTensor
@@ -338,9 +344,7 @@ def read_nifti_ras(path: str | os.PathLike, is_label: bool = False) -> tuple[np.
         S2S2InputError: missing, unreadable or truncated file, not a 3D volume, NaN/inf values,
             non-integer labels.
     """
-    path = Path(path)
-    if not path.exists():
-        raise S2S2InputError(path, "file not found", "check the path (relative paths are resolved against --data-root)")
+    path = _existing(path)
     if not (path.is_file() and path.name.endswith(_NIFTI_SUFFIXES)):
         raise S2S2InputError(path, "not a NIfTI file", "give a .nii or .nii.gz file (DICOM series go through load_volume)")
     try:
