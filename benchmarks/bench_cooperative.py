@@ -82,7 +82,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     for name, fn in [("baseline", baseline), ("standard", standard), ("cooperative", cooperative)]:
         res[name] = statistics.median(_time(fn, args.steps, args.warmup, device))
     params = sum(p.numel() for p in net.parameters())
-    print(f"device {device} ({torch.get_num_threads()} threads), batch {args.batch} x 1 x {args.size} x {args.size}, {args.classes} classes, {params / 1e6:.2f} M parameters")
+    print(
+        f"device {device} ({torch.get_num_threads()} threads), batch {args.batch} x 1 x {args.size} x {args.size}, {args.classes} classes, {params / 1e6:.2f} M parameters"
+    )
     for name, t in res.items():
         print(f"{name:>12}: {t * 1000:8.1f} ms/step   ratio to baseline {t / res['baseline']:.2f}x")
     return res

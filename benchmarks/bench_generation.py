@@ -38,11 +38,21 @@ def load_masks(tmp: Path, count: int) -> tuple[np.ndarray, list[str], str]:
     if (SHARED / "ct").is_dir():
         from s2s2_monai.data.datalist import load_datalist
 
-        volumes, source = VolumeCache(load_datalist(REPO / "data_lists" / "totalseg_examples.json", SHARED), "training", progress=False), "real CT (TotalSegmentator example)"
+        volumes, source = (
+            VolumeCache(
+                load_datalist(REPO / "data_lists" / "totalseg_examples.json", SHARED), "training", progress=False
+            ),
+            "real CT (TotalSegmentator example)",
+        )
     else:
         from s2s2_monai.data.phantom import write_demo_data
 
-        volumes, source = VolumeCache(write_demo_data(tmp / "demo", cases=2, shape=(96, 96, 16), progress=False), "training", progress=False), "phantom CT"
+        volumes, source = (
+            VolumeCache(
+                write_demo_data(tmp / "demo", cases=2, shape=(96, 96, 16), progress=False), "training", progress=False
+            ),
+            "phantom CT",
+        )
     case = volumes.cases[0]
     order = sorted(range(case.num_slices), key=lambda z: -len(np.unique(case.label[:, :, z])))[:count]
     masks = np.stack([case.label[:, :, z] for z in order]).astype(np.uint8)
@@ -77,9 +87,13 @@ def main() -> None:
             model = "tiny seeded SD + ControlNet (tests/tiny_diffusers.py)"
         masks, prompts, source = load_masks(tmp, args.masks)
         seeds = list(range(len(masks)))
-        gen = DiffusionGenerator(sd, cn, resolution=args.resolution, steps=args.steps, batch_size=1, device=args.device, progress=False)
+        gen = DiffusionGenerator(
+            sd, cn, resolution=args.resolution, steps=args.steps, batch_size=1, device=args.device, progress=False
+        )
         print(f"model: {model}; masks: {len(masks)} x {masks.shape[1]}x{masks.shape[2]} from {source}")
-        print(f"device {gen.device} ({gen.dtype}), torch threads {torch.get_num_threads()}, resolution {args.resolution}, steps {args.steps}, n {args.n}")
+        print(
+            f"device {gen.device} ({gen.dtype}), torch threads {torch.get_num_threads()}, resolution {args.resolution}, steps {args.steps}, n {args.n}"
+        )
         gen.generate(masks[:1], prompts[:1], seeds[:1], args.n)  # warm-up
         rows, reference = [], None
         for bs in args.batch_sizes:
@@ -96,7 +110,9 @@ def main() -> None:
             reference = out if reference is None else reference
             rows.append((bs, out.size / (masks.shape[1] * masks.shape[2]) / best, float(np.abs(out - reference).max())))
         base = rows[0][1]
-        print(f"{'batch (masks)':>13} {'images/call':>11} {'images/s':>9} {'vs batch ' + str(args.batch_sizes[0]):>11} {'max |diff|':>10}")
+        print(
+            f"{'batch (masks)':>13} {'images/call':>11} {'images/s':>9} {'vs batch ' + str(args.batch_sizes[0]):>11} {'max |diff|':>10}"
+        )
         for bs, ips, diff in rows:
             print(f"{bs:>13} {bs * args.n:>11} {ips:>9.2f} {ips / base:>10.2f}x {diff:>10.2e}")
 

@@ -48,7 +48,13 @@ def make_volumes(seed: int = 0):
     pred = gt.copy()
     for c in range(1, 9):
         m = gt == c
-        m2 = ndimage.binary_dilation(m, iterations=2) if c % 3 == 0 else ndimage.binary_erosion(m, iterations=2) if c % 3 == 1 else np.roll(m, 3, axis=0)
+        m2 = (
+            ndimage.binary_dilation(m, iterations=2)
+            if c % 3 == 0
+            else ndimage.binary_erosion(m, iterations=2)
+            if c % 3 == 1
+            else np.roll(m, 3, axis=0)
+        )
         pred[(pred == c) & ~m2] = 0
         pred[m2] = c
     for _ in range(10):
@@ -70,7 +76,9 @@ def timed(fn, repeats=1):
 def medpy_loop(pred, gt, spacing):
     from medpy.metric import binary
 
-    return {c: (binary.dc(pred == c, gt == c), binary.hd95(pred == c, gt == c, voxelspacing=spacing)) for c in range(1, 9)}
+    return {
+        c: (binary.dc(pred == c, gt == c), binary.hd95(pred == c, gt == c, voxelspacing=spacing)) for c in range(1, 9)
+    }
 
 
 def monai_metrics(pred, gt, spacing):
@@ -82,17 +90,23 @@ def monai_metrics(pred, gt, spacing):
     dice = DiceMetric(include_background=False, reduction="none")(p, g)[0]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        hd = HausdorffDistanceMetric(include_background=False, percentile=95, reduction="none")(p, g, spacing=list(spacing))[0]
+        hd = HausdorffDistanceMetric(include_background=False, percentile=95, reduction="none")(
+            p, g, spacing=list(spacing)
+        )[0]
     return {c: (float(dice[c - 1]), float(hd[c - 1])) for c in range(1, 9)}
 
 
 def max_rel(ours, ref):
-    return max(abs(ours[c]["hd95_mm"] - ref[c][1]) / max(abs(ref[c][1]), 1e-12) for c in ref), max(abs(ours[c]["dice"] - ref[c][0]) for c in ref)
+    return max(abs(ours[c]["hd95_mm"] - ref[c][1]) / max(abs(ref[c][1]), 1e-12) for c in ref), max(
+        abs(ours[c]["dice"] - ref[c][0]) for c in ref
+    )
 
 
 def bench_metrics(skip_medpy: bool, repeats: int):
     pred, gt, spacing, source = make_volumes()
-    print(f"volume {gt.shape} spacing {np.round(spacing, 3).tolist()} mm, 8 organs, {source}; torch threads {torch.get_num_threads()}")
+    print(
+        f"volume {gt.shape} spacing {np.round(spacing, 3).tolist()} mm, 8 organs, {source}; torch threads {torch.get_num_threads()}"
+    )
     pt, gtt = torch.from_numpy(pred), torch.from_numpy(gt)
     compute_case_metrics(pt[:40, :40, :10], gtt[:40, :40, :10], spacing, range(1, 9))  # warm-up
     ours = {}
@@ -102,13 +116,17 @@ def bench_metrics(skip_medpy: bool, repeats: int):
         ours[name + "_t"] = t
     ref, t_monai = timed(lambda: monai_metrics(pred, gt, spacing))
     rel, dd = max_rel(ours["monai"], ref)
-    print(f"MONAI DiceMetric + HausdorffDistanceMetric (CPU): {t_monai:7.3f} s -> ours is {t_monai / ours['monai_t']:.1f}x faster (target >= 10x); "
-          f"max rel HD95 diff {rel:.2e}, max Dice diff {dd:.2e}")
+    print(
+        f"MONAI DiceMetric + HausdorffDistanceMetric (CPU): {t_monai:7.3f} s -> ours is {t_monai / ours['monai_t']:.1f}x faster (target >= 10x); "
+        f"max rel HD95 diff {rel:.2e}, max Dice diff {dd:.2e}"
+    )
     if not skip_medpy:
         ref, t_medpy = timed(lambda: medpy_loop(pred, gt, spacing))
         rel, dd = max_rel(ours["medpy"], ref)
-        print(f"medpy dc + hd95 per-class loop:                   {t_medpy:7.3f} s -> ours is {t_medpy / ours['medpy_t']:.1f}x faster (target >= 50x); "
-              f"max rel HD95 diff {rel:.2e}, max Dice diff {dd:.2e}")
+        print(
+            f"medpy dc + hd95 per-class loop:                   {t_medpy:7.3f} s -> ours is {t_medpy / ours['medpy_t']:.1f}x faster (target >= 50x); "
+            f"max rel HD95 diff {rel:.2e}, max Dice diff {dd:.2e}"
+        )
     print(f"(default definition: {DEFAULT_HD95})")
 
 
@@ -126,8 +144,10 @@ def bench_inference(repeats: int):
     ref, t_loop = timed(per_slice, repeats)
     out, t_batch = timed(lambda: predict_volume(net, vol, batch_size=16), repeats)
     assert torch.equal(out, ref) or (out != ref).float().mean() < 1e-4
-    print(f"slice inference {tuple(vol.shape)}, BasicUNet: per-slice loop {t_loop:.3f} s, batched predict_volume {t_batch:.3f} s "
-          f"-> {t_loop / t_batch:.1f}x (target >= 3x); identical labels: {torch.equal(out, ref)}")
+    print(
+        f"slice inference {tuple(vol.shape)}, BasicUNet: per-slice loop {t_loop:.3f} s, batched predict_volume {t_batch:.3f} s "
+        f"-> {t_loop / t_batch:.1f}x (target >= 3x); identical labels: {torch.equal(out, ref)}"
+    )
 
 
 if __name__ == "__main__":

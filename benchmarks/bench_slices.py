@@ -69,8 +69,10 @@ def main() -> None:
     print(f"cached SliceDataset : {cached_rate:10.1f} slices/s")
     print(f"naive reload/access : {naive_rate:10.1f} slices/s")
     print(f"speed-up            : {cached_rate / naive_rate:10.1f}x (target >= 5x)")
-    print(f"cache arrays {cache.nbytes / 2**20:.1f} MiB, resident growth {resident / 2**20:.1f} MiB, "
-          f"ratio {resident / cache.nbytes:.2f} (target <= 1.3)")
+    print(
+        f"cache arrays {cache.nbytes / 2**20:.1f} MiB, resident growth {resident / 2**20:.1f} MiB, "
+        f"ratio {resident / cache.nbytes:.2f} (target <= 1.3)"
+    )
 
 
 if __name__ == "__main__":

@@ -39,10 +39,14 @@ def load_volumes(tmp: Path) -> tuple[VolumeCache, str]:
     if (SHARED / "ct").is_dir():
         from s2s2_monai.data.datalist import load_datalist
 
-        return VolumeCache(load_datalist(REPO / "data_lists" / "totalseg_examples.json", SHARED), "training", progress=False), "real CT (TotalSegmentator example)"
+        return VolumeCache(
+            load_datalist(REPO / "data_lists" / "totalseg_examples.json", SHARED), "training", progress=False
+        ), "real CT (TotalSegmentator example)"
     from s2s2_monai.data.phantom import write_demo_data
 
-    return VolumeCache(write_demo_data(tmp / "demo", cases=2, shape=(128, 128, 16), progress=False), "training", progress=False), "phantom CT"
+    return VolumeCache(
+        write_demo_data(tmp / "demo", cases=2, shape=(128, 128, 16), progress=False), "training", progress=False
+    ), "phantom CT"
 
 
 def masks_512(volumes: VolumeCache, count: int) -> list[np.ndarray]:
@@ -89,8 +93,12 @@ def main() -> None:
         ours = sum(cache.entry_path(k).stat().st_size for k in keys) / (len(keys) * args.n)
         upstream = sum(p.stat().st_size for p in npz_paths) / (len(keys) * args.n)
         print("(a) bytes on disk per member (512x512)")
-        print(f"    upstream np.savez float32 RGB : {upstream:12,.0f} B  ({upstream * 16 / 1e6:.1f} MB per 16-member slice)")
-        print(f"    s2s2_monai uint8 + zstd       : {ours:12,.0f} B  ({ours / 512**2:.3f} B/pixel, {ours * 16 / 1e6:.2f} MB per slice)")
+        print(
+            f"    upstream np.savez float32 RGB : {upstream:12,.0f} B  ({upstream * 16 / 1e6:.1f} MB per 16-member slice)"
+        )
+        print(
+            f"    s2s2_monai uint8 + zstd       : {ours:12,.0f} B  ({ours / 512**2:.3f} B/pixel, {ours * 16 / 1e6:.2f} MB per slice)"
+        )
         print(f"    ratio                         : {upstream / ours:12.1f}x smaller\n")
 
         # (b) fetch one random member
@@ -120,7 +128,9 @@ def main() -> None:
         print("(b) fetch one random member (warm page cache, mean of", len(picks), "fetches)")
         print(f"    upstream np.load whole npz    : {t_u * 1e3:9.2f} ms, {b_u:14,.0f} B read")
         print(f"    s2s2_monai read_member        : {t_o * 1e3:9.2f} ms, {b_o:14,.0f} B read")
-        print(f"    ratio                         : {t_u / t_o:9.1f}x faster, {b_u / b_o:.0f}x fewer bytes (target >= 20x)\n")
+        print(
+            f"    ratio                         : {t_u / t_o:9.1f}x faster, {b_u / b_o:.0f}x fewer bytes (target >= 20x)\n"
+        )
 
         # (c) generation throughput vs batch size (appearance generator, 512x512)
         n_c = 4
@@ -135,14 +145,18 @@ def main() -> None:
                 gen.generate(batch, prompts, list(range(r * bs, (r + 1) * bs)), n_c)
             per_mask = (time.perf_counter() - t0) / (reps * bs)
             base = base or per_mask
-            print(f"    batch {bs:2d}: {1 / per_mask:6.2f} masks/s, {n_c / per_mask:6.1f} members/s  (x{base / per_mask:.2f} vs batch 1)")
+            print(
+                f"    batch {bs:2d}: {1 / per_mask:6.2f} masks/s, {n_c / per_mask:6.1f} members/s  (x{base / per_mask:.2f} vs batch 1)"
+            )
         t0 = time.perf_counter()
         imgs = gen.generate(masks[:1], ["p"], [0], n_c)[0]
         t_gen = time.perf_counter() - t0
         t0 = time.perf_counter()
         cache.write_entry("0" * 64, to_uint8(imgs))
         t_write = time.perf_counter() - t0
-        print(f"    quantise + encode + fsync'd write of one {n_c}-member entry: {t_write * 1e3:.1f} ms ({100 * t_write / (t_gen + t_write):.0f}% of generate + write)")
+        print(
+            f"    quantise + encode + fsync'd write of one {n_c}-member entry: {t_write * 1e3:.1f} ms ({100 * t_write / (t_gen + t_write):.0f}% of generate + write)"
+        )
         print("    (the appearance generator draws each member from its own seeded RNG, so batching does not")
         print("     change throughput; batch size matters for the diffusion generator, measured on a GPU.)")
 

@@ -59,19 +59,25 @@ KEYS = ["image", "image_stack", "label"]
 def _transform(size: int) -> Compose:
     """The bundle's training transform (bundles/synapse/train.json, train#preprocessing)."""
     modes = ["bilinear", "bilinear", "nearest"]
-    return Compose([
-        RandRotate90d(KEYS, prob=0.5, max_k=3, allow_missing_keys=True),
-        RandFlipd(KEYS, prob=0.25, spatial_axis=0, allow_missing_keys=True),
-        RandFlipd(KEYS, prob=0.25, spatial_axis=1, allow_missing_keys=True),
-        RandRotated(KEYS, range_x=0.349, prob=0.5, mode=modes, padding_mode="zeros", allow_missing_keys=True),
-        Resized(KEYS, spatial_size=(size, size), mode=modes, allow_missing_keys=True),
-        EnsureTyped(KEYS, track_meta=False, allow_missing_keys=True),
-    ])
+    return Compose(
+        [
+            RandRotate90d(KEYS, prob=0.5, max_k=3, allow_missing_keys=True),
+            RandFlipd(KEYS, prob=0.25, spatial_axis=0, allow_missing_keys=True),
+            RandFlipd(KEYS, prob=0.25, spatial_axis=1, allow_missing_keys=True),
+            RandRotated(KEYS, range_x=0.349, prob=0.5, mode=modes, padding_mode="zeros", allow_missing_keys=True),
+            Resized(KEYS, spatial_size=(size, size), mode=modes, allow_missing_keys=True),
+            EnsureTyped(KEYS, track_meta=False, allow_missing_keys=True),
+        ]
+    )
 
 
 def _network(name: str, size: int, paper: bool) -> torch.nn.Module:
     if name == "unetr":
-        width = dict(hidden_size=768, mlp_dim=3072, num_heads=12, feature_size=16) if paper else dict(hidden_size=192, mlp_dim=768, num_heads=4, feature_size=16)
+        width = (
+            dict(hidden_size=768, mlp_dim=3072, num_heads=12, feature_size=16)
+            if paper
+            else dict(hidden_size=192, mlp_dim=768, num_heads=4, feature_size=16)
+        )
         return UNETR(1, 9, img_size=(size, size), spatial_dims=2, norm_name="batch", **width)
     return BasicUNet(2, 1, 9, features=(32, 32, 64, 128, 256, 32), norm="batch")
 
@@ -84,10 +90,16 @@ def _trainer(mode: str, args, loader, device: torch.device, epoch_length: int | 
         taps = get_tap_preset(args.net)
         handlers = [ConsistencyHandler(taps["enc"], 1.0, "enc"), ConsistencyHandler(taps["dec"], 1.0, "dec")]
     return S2S2Trainer(
-        device=device, max_epochs=1, epoch_length=epoch_length, train_data_loader=loader, network=net,
+        device=device,
+        max_epochs=1,
+        epoch_length=epoch_length,
+        train_data_loader=loader,
+        network=net,
         optimizer=torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4),
         loss_function=DiceCELoss(to_onehot_y=True, softmax=True, lambda_dice=0.5, lambda_ce=0.5),
-        train_handlers=handlers, decollate=False, amp=device.type == "cuda",
+        train_handlers=handlers,
+        decollate=False,
+        amp=device.type == "cuda",
     )
 
 
@@ -99,7 +111,9 @@ class _Clock:
         self.data: list[float] = []
         self.compute: list[float] = []
         engine.add_event_handler(Events.GET_BATCH_STARTED, lambda e: self.t.__setitem__("b", time.perf_counter()))
-        engine.add_event_handler(Events.GET_BATCH_COMPLETED, lambda e: self.t.__setitem__("bd", time.perf_counter() - self.t["b"]))
+        engine.add_event_handler(
+            Events.GET_BATCH_COMPLETED, lambda e: self.t.__setitem__("bd", time.perf_counter() - self.t["b"])
+        )
         engine.add_event_handler(Events.ITERATION_STARTED, self._start)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._done)
 
@@ -135,7 +149,9 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--malloc-tuning", choices=["on", "off"], default="on", help="raise glibc's mmap/trim thresholds (CPU)")
+    p.add_argument(
+        "--malloc-tuning", choices=["on", "off"], default="on", help="raise glibc's mmap/trim thresholds (CPU)"
+    )
     args = p.parse_args()
     if args.malloc_tuning == "on" and "MALLOC_MMAP_THRESHOLD_" not in os.environ:
         env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(1 << 40), "MALLOC_TRIM_THRESHOLD_": str(1 << 40)}
@@ -153,7 +169,10 @@ def main() -> None:
         # 1. step ratio on one batch, interleaved
         batch = next(iter(_loader(args, datalist, stack)))
         plain = {k: v for k, v in batch.items() if k != "image_stack"}
-        engines = {"baseline": _trainer("baseline", args, [plain], device), "s2s2": _trainer("s2s2", args, [batch], device)}
+        engines = {
+            "baseline": _trainer("baseline", args, [plain], device),
+            "s2s2": _trainer("s2s2", args, [batch], device),
+        }
         clocks = {m: _Clock(e, device, skip=args.warmup) for m, e in engines.items()}
         for epoch in range(1, args.warmup + args.pairs + 1):
             for e in engines.values():
@@ -173,11 +192,15 @@ def main() -> None:
             wait[mode], step[mode] = sum(clock.data) / total, total / len(clock.compute)
             del loader, eng
 
-    print(f"net={args.net}{' (paper size)' if args.paper else ''} input={args.size} batch={args.batch} device={device} "
-          f"threads={torch.get_num_threads()} workers={args.workers} malloc-tuning={args.malloc_tuning}")
+    print(
+        f"net={args.net}{' (paper size)' if args.paper else ''} input={args.size} batch={args.batch} device={device} "
+        f"threads={torch.get_num_threads()} workers={args.workers} malloc-tuning={args.malloc_tuning}"
+    )
     b, s2 = statistics.median(clocks["baseline"].compute), statistics.median(clocks["s2s2"].compute)
     print(f"interleaved steps: baseline {b:.4f} s, S2S2 {s2:.4f} s (medians of {len(ratios)})")
-    print(f"S2S2 / baseline step time (median of paired ratios): {statistics.median(ratios):.3f}x  (target <= 2.05x; 2.0x floor)")
+    print(
+        f"S2S2 / baseline step time (median of paired ratios): {statistics.median(ratios):.3f}x  (target <= 2.05x; 2.0x floor)"
+    )
     for mode in ("baseline", "s2s2"):
         print(f"DataLoader run, {mode:8s}: {step[mode]:.4f} s/step, waiting for data {100 * wait[mode]:.2f} %")
     print(f"S2S2 data wait share: {100 * wait['s2s2']:.2f} %  (target <= 5 %)")

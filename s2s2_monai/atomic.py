@@ -34,7 +34,12 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def _replace_via_tmp(path: str | os.PathLike, write: Callable[[Path], None], fsync: bool = False, before_replace: Callable[[], None] | None = None) -> Path:
+def _replace_via_tmp(
+    path: str | os.PathLike,
+    write: Callable[[Path], None],
+    fsync: bool = False,
+    before_replace: Callable[[], None] | None = None,
+) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = tmp_name(path)
@@ -54,7 +59,9 @@ def _replace_via_tmp(path: str | os.PathLike, write: Callable[[Path], None], fsy
     return path
 
 
-def write_bytes(path: str | os.PathLike, data: bytes, fsync: bool = False, before_replace: Callable[[], None] | None = None) -> Path:
+def write_bytes(
+    path: str | os.PathLike, data: bytes, fsync: bool = False, before_replace: Callable[[], None] | None = None
+) -> Path:
     """Write ``data`` to ``path`` atomically (``fsync``: durable across a power loss too; ``before_replace``: a test hook)."""
     return _replace_via_tmp(path, lambda tmp: tmp.write_bytes(data), fsync, before_replace)
 

@@ -17,7 +17,11 @@ from s2s2_monai.errors import S2S2InputError
 __all__ = ["read_config", "parse_setting", "build_network", "load_trained_network"]
 
 
-def read_config(config_files: Sequence[str | os.PathLike], bundle_root: str | os.PathLike | None = None, overrides: Mapping | None = None):
+def read_config(
+    config_files: Sequence[str | os.PathLike],
+    bundle_root: str | os.PathLike | None = None,
+    overrides: Mapping | None = None,
+):
     """A MONAI ``ConfigParser`` of ``config_files`` merged in order, with ``bundle_root`` and ``overrides`` set.
 
     Raises:
@@ -27,7 +31,11 @@ def read_config(config_files: Sequence[str | os.PathLike], bundle_root: str | os
 
     for f in config_files:
         if not Path(f).is_file():
-            raise S2S2InputError(f, "bundle config file not found", "give the config files the model was trained with (e.g. bundles/synapse/train.json)")
+            raise S2S2InputError(
+                f,
+                "bundle config file not found",
+                "give the config files the model was trained with (e.g. bundles/synapse/train.json)",
+            )
     parser = ConfigParser()
     parser.read_config([str(f) for f in config_files])
     if bundle_root is not None:
@@ -46,12 +54,16 @@ def parse_setting(parser, key: str, where: str | os.PathLike, fix: str, default=
     try:
         return parser.get_parsed_content(key)
     except Exception as exc:  # any config error becomes one clear message
-        raise S2S2InputError(where, f"cannot evaluate '{key}' ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})", fix) from None
+        raise S2S2InputError(
+            where, f"cannot evaluate '{key}' ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})", fix
+        ) from None
 
 
 def build_network(parser, where: str | os.PathLike):
     """A fresh (untrained) network from the config's ``network_def``."""
-    return parse_setting(parser, "network_def", where, "use the bundle's train.json (and the overlays it was trained with)")
+    return parse_setting(
+        parser, "network_def", where, "use the bundle's train.json (and the overlays it was trained with)"
+    )
 
 
 def load_trained_network(parser, checkpoint: str | os.PathLike, where: str | os.PathLike, device="cpu"):

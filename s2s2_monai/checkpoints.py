@@ -23,7 +23,15 @@ from typing import TypeVar
 
 from s2s2_monai.errors import S2S2InputError, exit_or_raise
 
-__all__ = ["load_weights", "CORRUPT_SUFFIX", "numbered_checkpoints", "newest_readable", "move_aside", "torch_load", "read_state_dict"]
+__all__ = [
+    "load_weights",
+    "CORRUPT_SUFFIX",
+    "numbered_checkpoints",
+    "newest_readable",
+    "move_aside",
+    "torch_load",
+    "read_state_dict",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +68,9 @@ def move_aside(path: Path) -> Path:
     return target
 
 
-def newest_readable(candidates: Iterable[Path], read: Callable[[Path], T], what: str = "checkpoint") -> tuple[Path, T] | None:
+def newest_readable(
+    candidates: Iterable[Path], read: Callable[[Path], T], what: str = "checkpoint"
+) -> tuple[Path, T] | None:
     """``(path, read(path))`` for the first candidate that ``read`` accepts, or ``None``.
 
     Every candidate that raises is moved aside (:func:`move_aside`) and logged once:
@@ -99,18 +109,30 @@ def read_state_dict(path: str | os.PathLike, map_location="cpu") -> dict:
     """
     path = Path(path)
     if not path.is_file():
-        raise S2S2InputError(path, "no weights file here", "train first (the training bundle writes models/model.pt under output_dir) or give the right path")
+        raise S2S2InputError(
+            path,
+            "no weights file here",
+            "train first (the training bundle writes models/model.pt under output_dir) or give the right path",
+        )
     try:
         obj = torch_load(path, map_location)
     except Exception as exc:
-        raise S2S2InputError(path, f"not a readable PyTorch checkpoint ({type(exc).__name__}; truncated, damaged or not weights-only)", "give a model.pt / checkpoint written by this project's training") from None
+        raise S2S2InputError(
+            path,
+            f"not a readable PyTorch checkpoint ({type(exc).__name__}; truncated, damaged or not weights-only)",
+            "give a model.pt / checkpoint written by this project's training",
+        ) from None
     if isinstance(obj, dict) and not any(_is_tensor(v) for v in obj.values()):
         for key in ("network", "model", "state_dict"):
             if isinstance(obj.get(key), dict):
                 return obj[key]
     if isinstance(obj, dict) and obj and all(_is_tensor(v) for v in obj.values()):
         return obj
-    raise S2S2InputError(path, "holds no network state dict (expected tensors, or a 'network' / 'model' entry)", "give a model.pt / checkpoint written by this project's training")
+    raise S2S2InputError(
+        path,
+        "holds no network state dict (expected tensors, or a 'network' / 'model' entry)",
+        "give a model.pt / checkpoint written by this project's training",
+    )
 
 
 def _is_tensor(v) -> bool:
@@ -135,5 +157,12 @@ def load_weights(network, path: str | os.PathLike, device=None, exit_on_error: b
     try:
         unwrap_network(network).load_state_dict(state)
     except RuntimeError as exc:
-        exit_or_raise(S2S2InputError(path, f"weights do not fit the configured network ({str(exc).splitlines()[0]})", "use the network_def the model was trained with"), exit_on_error)
+        exit_or_raise(
+            S2S2InputError(
+                path,
+                f"weights do not fit the configured network ({str(exc).splitlines()[0]})",
+                "use the network_def the model was trained with",
+            ),
+            exit_on_error,
+        )
     return network

@@ -45,7 +45,7 @@ class _Parser(argparse.ArgumentParser):
         if not (sep and where.startswith("argument ")):
             where, what = None, message
         else:
-            where = where[len("argument "):]
+            where = where[len("argument ") :]
         print(f"error: {S2S2InputError(where, what, f'see `{self.prog} --help`')}", file=sys.stderr)
         sys.exit(2)
 

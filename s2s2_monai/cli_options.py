@@ -25,12 +25,16 @@ import sys
 
 __all__ = [
     "add_option",
+    "add_command_group",
     "add_checkpoint",
     "add_no_progress",
     "add_config",
     "add_set",
     "add_out",
+    "add_datalist",
+    "add_seed",
     "parse_sets",
+    "options_for",
     "reset_aliases",
 ]
 
@@ -61,7 +65,16 @@ class _Alias(argparse.Action):
         self.canonical = canonical
         self.positional = positional
         nargs = "?" if positional else canonical.nargs
-        super().__init__(option_strings, dest, nargs=nargs, type=canonical.type, choices=canonical.choices, metavar=canonical.metavar, help=argparse.SUPPRESS, default=None if positional else argparse.SUPPRESS)
+        super().__init__(
+            option_strings,
+            dest,
+            nargs=nargs,
+            type=canonical.type,
+            choices=canonical.choices,
+            metavar=canonical.metavar,
+            help=argparse.SUPPRESS,
+            default=None if positional else argparse.SUPPRESS,
+        )
 
     def __call__(self, parser, namespace, values, option_string=None) -> None:
         if self.positional and values is None:  # an optional positional that was not given
@@ -84,7 +97,9 @@ def reset_aliases(parser: argparse.ArgumentParser) -> None:
             action.alias_given = False
 
 
-def add_option(parser: argparse.ArgumentParser, name: str, *, aliases: tuple[str, ...] = (), **kwargs) -> argparse.Action:
+def add_option(
+    parser: argparse.ArgumentParser, name: str, *, aliases: tuple[str, ...] = (), **kwargs
+) -> argparse.Action:
     """``parser.add_argument(name, **kwargs)`` plus hidden deprecated ``aliases`` sharing its ``dest``.
 
     An alias starting with ``-`` is an option; a bare name is an optional positional argument
@@ -99,6 +114,12 @@ def add_option(parser: argparse.ArgumentParser, name: str, *, aliases: tuple[str
         else:
             parser.add_argument(alias, action=_Alias, canonical=canonical, positional=True)
     return canonical
+
+
+def add_command_group(sub: argparse._SubParsersAction, name: str, help: str) -> argparse._SubParsersAction:
+    """``s2s2 NAME ACTION``: a command whose actions are sub-commands (``dest`` ``NAME_command``, required)."""
+    group = sub.add_parser(name, help=help)
+    return group.add_subparsers(dest=f"{name}_command", required=True, metavar="ACTION")
 
 
 def add_checkpoint(parser: argparse.ArgumentParser, help: str, required: bool = True) -> argparse.Action:
@@ -126,6 +147,22 @@ def add_out(parser: argparse.ArgumentParser, help: str, aliases: tuple[str, ...]
     return add_option(parser, "--out", aliases=aliases, required=True, metavar="DIR", help=help)
 
 
+def add_datalist(parser: argparse.ArgumentParser, help: str = "datalist JSON") -> None:
+    """``--datalist JSON`` (required) and ``--data-root DIR``, the root of its relative paths."""
+    parser.add_argument("--datalist", required=True, metavar="JSON", help=help)
+    parser.add_argument(
+        "--data-root",
+        default=None,
+        metavar="DIR",
+        help="root of relative datalist paths (default: the datalist's folder)",
+    )
+
+
+def add_seed(parser: argparse.ArgumentParser, help: str) -> argparse.Action:
+    """``--seed N`` (default 0)."""
+    return parser.add_argument("--seed", type=int, default=0, help=f"{help} (default 0)")
+
+
 def parse_sets(items: list[str] | None) -> dict:
     """``KEY=VALUE`` pairs of ``--set`` -> dict; VALUE is read as JSON when it parses (numbers, lists), else as a string."""
     import json
@@ -136,9 +173,28 @@ def parse_sets(items: list[str] | None) -> dict:
     for item in items or []:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise S2S2InputError(None, f"--set {item!r} is not KEY=VALUE", "write e.g. --set cooperative_channels=[8,16,16,16,16]")
+            raise S2S2InputError(
+                None, f"--set {item!r} is not KEY=VALUE", "write e.g. --set cooperative_channels=[8,16,16,16,16]"
+            )
         try:
             out[key] = json.loads(value)
         except json.JSONDecodeError:
             out[key] = value
     return out
+
+
+def options_for(fn, args: argparse.Namespace, **given) -> dict:
+    """Keyword arguments for ``fn`` (a function or dataclass) from the parsed ``args``.
+
+    Every parameter of ``fn`` that ``args`` has an attribute of the same name for is taken from it;
+    ``progress`` is ``not args.no_progress``; ``given`` (values or renamed options) wins over both.
+    """
+    import inspect
+
+    kwargs = {}
+    for name in inspect.signature(fn).parameters:
+        if name == "progress" and hasattr(args, "no_progress"):
+            kwargs[name] = not args.no_progress
+        elif hasattr(args, name):
+            kwargs[name] = getattr(args, name)
+    return {**kwargs, **given}

@@ -46,10 +46,31 @@ def tiny_demo(tmp_path_factory) -> Path:
     return write_demo_data(out, cases=3, seed=0, shape=(48, 48, 8), progress=False)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session", autouse=True)
 def one_thread():
-    """One intra-op thread: tests run two per core pair (xdist), where contended threads crawl."""
+    """One intra-op thread for every test: tests run two per core pair (xdist), where contended threads
+    crawl, and the tiny models here are op-overhead bound."""
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="session")
+def real_ct(shared_data) -> Path:
+    """The real CT slab (TotalSegmentator example, ``_sm``)."""
+    return shared_data / "ct" / "totalseg_example_ct_sm.nii.gz"
+
+
+@pytest.fixture(scope="session")
+def real_mr(shared_data) -> Path:
+    """The real MR slab (TotalSegmentator MRI example, ``_sm``)."""
+    return shared_data / "mr" / "totalseg_example_mr_sm.nii.gz"
+
+
+@pytest.fixture(scope="session")
+def tiny_sd(tmp_path_factory) -> tuple[Path, Path]:
+    """(sd_dir, controlnet_dir): tiny seeded SD 2.x + ControlNet folders (``tests/tiny_diffusers.py``)."""
+    from tiny_diffusers import tiny_sd_folders  # conftest's folder is on sys.path
+
+    return tiny_sd_folders(tmp_path_factory.mktemp("tiny_diffusers"))

@@ -30,21 +30,41 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 SYNAPSE = REPO / "bundles" / "synapse"
-ENV = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+ENV = {
+    **os.environ,
+    "CUDA_VISIBLE_DEVICES": "",
+    "OMP_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    "PYTHONUNBUFFERED": "1",
+}
 TRACEBACK = "Traceback (most recent call last)"
-
-torch.set_num_threads(1)
 
 
 # ---------------------------------------------------------------------------- helpers
 def run_s2s2(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     """``python -m s2s2_monai ARGS`` as a user runs it."""
-    return subprocess.run([sys.executable, "-m", "s2s2_monai", *map(str, args)], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "s2s2_monai", *map(str, args)],
+        cwd=REPO,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def run_bundle(configs: list[str | Path], *overrides: str, timeout: int = 300) -> subprocess.CompletedProcess:
     """``python -m monai.bundle run training --config_file [...] OVERRIDES`` from the repository root."""
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", str([str(c) for c in configs]), *overrides]
+    cmd = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "training",
+        "--config_file",
+        str([str(c) for c in configs]),
+        *overrides,
+    ]
     return subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=timeout)
 
 
@@ -52,7 +72,11 @@ def files_of(folder: Path) -> dict[str, tuple[int, int]]:
     """``{relative path: (size, mtime_ns)}`` of every file under ``folder`` (empty when absent)."""
     if not folder.exists():
         return {}
-    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def assert_clean_error(r: subprocess.CompletedProcess, *names: str, rc: int = 2) -> str:
@@ -124,7 +148,19 @@ class Case:
 
 
 def stack_build(datalist: Path, tmp: Path, *extra: str) -> list[str]:
-    return ["stack", "build", "--datalist", str(datalist), "--out", str(tmp / "out"), "--n", "1", "--no-progress", "--no-qc", *extra]
+    return [
+        "stack",
+        "build",
+        "--datalist",
+        str(datalist),
+        "--out",
+        str(tmp / "out"),
+        "--n",
+        "1",
+        "--no-progress",
+        "--no-qc",
+        *extra,
+    ]
 
 
 def _outside_root(tmp: Path, demo: Demo):
@@ -134,7 +170,12 @@ def _outside_root(tmp: Path, demo: Demo):
 
 def _image_4d(tmp: Path, demo: Demo):
     img = save_nifti(tmp / "img4d.nii.gz", np.stack([demo.image_array] * 2, axis=-1), demo.affine)
-    return stack_build(write_datalist(tmp / "dl.json", [demo.entry(image=img)]), tmp), [img, "3D volume", "4D image", "(48, 48, 8, 2)"]
+    return stack_build(write_datalist(tmp / "dl.json", [demo.entry(image=img)]), tmp), [
+        img,
+        "3D volume",
+        "4D image",
+        "(48, 48, 8, 2)",
+    ]
 
 
 def _float_labels(tmp: Path, demo: Demo):
@@ -153,20 +194,46 @@ def _sd_without_unet(tmp: Path, demo: Demo):
     sd = tmp / "sd"
     shutil.copytree(tiny_models(tmp.parent)[0], sd)
     shutil.rmtree(sd / "unet")
-    argv = ["controlnet", "train", "--sd-dir", sd, "--datalist", demo.datalist, "--out", tmp / "out", "--epochs", "1", "--quiet"]
+    argv = [
+        "controlnet",
+        "train",
+        "--sd-dir",
+        sd,
+        "--datalist",
+        demo.datalist,
+        "--out",
+        tmp / "out",
+        "--epochs",
+        "1",
+        "--quiet",
+    ]
     return argv, [sd / "unet" / "config.json", "layout"]
 
 
 def _controlnet_other_base(tmp: Path, demo: Demo):
     sd, cn = tiny_models(tmp.parent)
-    argv = stack_build(demo.datalist, tmp, "--generator", "diffusion", "--sd-dir", str(sd), "--controlnet-dir", str(cn.parent / "controlnet_other"), "--resolution", "16")
+    argv = stack_build(
+        demo.datalist,
+        tmp,
+        "--generator",
+        "diffusion",
+        "--sd-dir",
+        str(sd),
+        "--controlnet-dir",
+        str(cn.parent / "controlnet_other"),
+        "--resolution",
+        "16",
+    )
     return argv, [cn.parent / "controlnet_other" / "config.json", "block_out_channels"]
 
 
 def _empty_pred_dir(tmp: Path, demo: Demo):
     (tmp / "pred").mkdir()
     labels = _label_dir(tmp, demo)
-    return ["evaluate", "--pred-dir", tmp / "pred", "--label-dir", labels, "--out", tmp / "out", "--no-progress"], [tmp / "pred", "no .nii"]
+    return ["evaluate", "--pred-dir", tmp / "pred", "--label-dir", labels, "--out", tmp / "out", "--no-progress"], [
+        tmp / "pred",
+        "no .nii",
+    ]
 
 
 def _pred_outside_map(tmp: Path, demo: Demo):
@@ -174,7 +241,10 @@ def _pred_outside_map(tmp: Path, demo: Demo):
     pred = demo.label_array.copy()
     pred[0, 0, 0] = 12
     save_nifti(tmp / "pred" / "case.nii.gz", pred, demo.affine)
-    return ["evaluate", "--pred-dir", tmp / "pred", "--label-dir", labels, "--out", tmp / "out", "--no-progress"], [tmp / "pred" / "case.nii.gz", "[12]"]
+    return ["evaluate", "--pred-dir", tmp / "pred", "--label-dir", labels, "--out", tmp / "out", "--no-progress"], [
+        tmp / "pred" / "case.nii.gz",
+        "[12]",
+    ]
 
 
 def _label_dir(tmp: Path, demo: Demo) -> Path:
@@ -239,29 +309,67 @@ def _stack_info_no_stack(tmp: Path, demo: Demo):
 def _out_is_a_file(tmp: Path, demo: Demo):
     (tmp / "keep").mkdir()
     (tmp / "keep" / "out").write_text("a file where the stack should go")
-    argv = ["stack", "build", "--datalist", demo.datalist, "--out", tmp / "keep" / "out", "--n", "1", "--no-progress", "--no-qc"]
+    argv = [
+        "stack",
+        "build",
+        "--datalist",
+        demo.datalist,
+        "--out",
+        tmp / "keep" / "out",
+        "--n",
+        "1",
+        "--no-progress",
+        "--no-qc",
+    ]
     return argv, [tmp / "keep" / "out", "not a folder"]
 
 
 def _pred_name_mismatch(tmp: Path, demo: Demo):
     labels = _label_dir(tmp, demo)
     save_nifti(tmp / "pred" / "other_case.nii.gz", demo.label_array, demo.affine)
-    return ["evaluate", "--pred-dir", tmp / "pred", "--label-dir", labels, "--out", tmp / "out", "--no-progress"], [tmp / "pred" / "other_case.nii.gz", "case"]
+    return ["evaluate", "--pred-dir", tmp / "pred", "--label-dir", labels, "--out", tmp / "out", "--no-progress"], [
+        tmp / "pred" / "other_case.nii.gz",
+        "case",
+    ]
 
 
 def _hd95_bogus(tmp: Path, demo: Demo):
     labels = _label_dir(tmp, demo)
     shutil.copytree(labels, tmp / "pred")
-    return ["evaluate", "--pred-dir", tmp / "pred", "--label-dir", labels, "--out", tmp / "out", "--hd95", "bogus"], ["--hd95", "bogus", "monai"]
+    return ["evaluate", "--pred-dir", tmp / "pred", "--label-dir", labels, "--out", tmp / "out", "--hd95", "bogus"], [
+        "--hd95",
+        "bogus",
+        "monai",
+    ]
 
 
 def _robustness_no_ckpt(tmp: Path, demo: Demo):
-    argv = ["robustness", "--bundle", SYNAPSE, "--ckpt", tmp / "models" / "model.pt", "--datalist", demo.datalist, "--out", tmp / "out"]
+    argv = [
+        "robustness",
+        "--bundle",
+        SYNAPSE,
+        "--ckpt",
+        tmp / "models" / "model.pt",
+        "--datalist",
+        demo.datalist,
+        "--out",
+        tmp / "out",
+    ]
     return argv, [tmp / "models" / "model.pt"]
 
 
 def _export_no_ckpt(tmp: Path, demo: Demo):
-    argv = ["export-bundle", "--config", SYNAPSE / "train.json", "--config", SYNAPSE / "demo.json", "--checkpoint", tmp / "model.pt", "--out", tmp / "out"]
+    argv = [
+        "export-bundle",
+        "--config",
+        SYNAPSE / "train.json",
+        "--config",
+        SYNAPSE / "demo.json",
+        "--checkpoint",
+        tmp / "model.pt",
+        "--out",
+        tmp / "out",
+    ]
     return argv, [tmp / "model.pt"]
 
 
@@ -271,14 +379,28 @@ def _dicom_unreadable_file(tmp: Path, demo: Demo, shared: Path):
     for f in sorted((shared / "dicom" / "totalseg_example_ct_dicom").iterdir()):
         (series / f.name).symlink_to(f)  # the real series, not copied
     (series / "IM_BROKEN.dcm").write_bytes(b"DICM" + os.urandom(2000))
-    dl = write_datalist(tmp / "dl.json", [{"image": str(series), "label": str(shared / "dicom" / "totalseg_example_ct_dicom_seg.nii.gz")}], label_remap="totalseg_to_synapse")
+    dl = write_datalist(
+        tmp / "dl.json",
+        [{"image": str(series), "label": str(shared / "dicom" / "totalseg_example_ct_dicom_seg.nii.gz")}],
+        label_remap="totalseg_to_synapse",
+    )
     return stack_build(dl, tmp), [series, "21 files", "20 slices"]
 
 
 def _num_classes_one(tmp: Path, demo: Demo):
     labels = _label_dir(tmp, demo)
     shutil.copytree(labels, tmp / "pred")
-    return ["evaluate", "--pred-dir", tmp / "pred", "--label-dir", labels, "--out", tmp / "out", "--num-classes", "1"], ["--num-classes", ">= 2"]
+    return [
+        "evaluate",
+        "--pred-dir",
+        tmp / "pred",
+        "--label-dir",
+        labels,
+        "--out",
+        tmp / "out",
+        "--num-classes",
+        "1",
+    ], ["--num-classes", ">= 2"]
 
 
 #: kind of bad input -> case (one ``s2s2`` subprocess each)
@@ -323,11 +445,20 @@ def tiny_models(base: Path) -> tuple[Path, Path]:
         sd, cn = tiny_sd_folders(base / "models")
         torch.manual_seed(0)
         other = UNet2DConditionModel(
-            sample_size=16, in_channels=4, out_channels=4, block_out_channels=(16, 32), layers_per_block=1,
-            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-            cross_attention_dim=32, attention_head_dim=2, norm_num_groups=4,
+            sample_size=16,
+            in_channels=4,
+            out_channels=4,
+            block_out_channels=(16, 32),
+            layers_per_block=1,
+            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+            cross_attention_dim=32,
+            attention_head_dim=2,
+            norm_num_groups=4,
         )
-        ControlNetModel.from_unet(other, conditioning_embedding_out_channels=(8, 16)).save_pretrained(cn.parent / "controlnet_other")
+        ControlNetModel.from_unet(other, conditioning_embedding_out_channels=(8, 16)).save_pretrained(
+            cn.parent / "controlnet_other"
+        )
         _MODELS[base] = (sd, cn)
     return _MODELS[base]
 
@@ -370,7 +501,14 @@ def tiny_overlay(path: Path, demo: Demo, out: Path, stack: Path, **extra) -> Pat
         "num_workers": 0,
         "val_interval": 1,
         "tap_preset": "basic_unet",
-        "network_def": {"_target_": "BasicUNet", "spatial_dims": 2, "in_channels": 1, "out_channels": "@num_classes", "features": [4, 4, 8, 8, 16, 4], "norm": "batch"},
+        "network_def": {
+            "_target_": "BasicUNet",
+            "spatial_dims": 2,
+            "in_channels": 1,
+            "out_channels": "@num_classes",
+            "features": [4, 4, 8, 8, 16, 4],
+            "norm": "batch",
+        },
         **extra,
     }
     path.write_text(json.dumps(o))
@@ -388,7 +526,10 @@ def trained(demo, tmp_path_factory) -> dict:
     w.initialize()
     w.run()
     w.finalize()
-    assert {p.name for p in (root / "run" / "checkpoints").iterdir()} == {"checkpoint_epoch=1.pt", "checkpoint_epoch=2.pt"}
+    assert {p.name for p in (root / "run" / "checkpoints").iterdir()} == {
+        "checkpoint_epoch=1.pt",
+        "checkpoint_epoch=2.pt",
+    }
     return {"root": root, "run": root / "run", "stack": root / "stack"}
 
 
@@ -424,7 +565,9 @@ def test_bundle_recovers_from_corrupt_checkpoint_and_stack_entry(trained, demo, 
     assert corrupt_line and "checkpoint_epoch=2.pt" in corrupt_line[0] and "skipped" in corrupt_line[0], log[-4000:]
     assert "resuming from" in corrupt_line[0] and "checkpoint_epoch=1.pt" in corrupt_line[0]
     aside = [p for p in ckpts.iterdir() if ".corrupt" in p.name]
-    assert len(aside) == 1 and aside[0].name.startswith("checkpoint_epoch=2.pt") and aside[0].read_bytes() == corrupt_bytes  # moved, not deleted
+    assert (
+        len(aside) == 1 and aside[0].name.startswith("checkpoint_epoch=2.pt") and aside[0].read_bytes() == corrupt_bytes
+    )  # moved, not deleted
     assert "Epoch: 1/2" not in log and "Epoch: 2/2" in log  # epoch 1 not redone
     final = torch.load(ckpts / "checkpoint_epoch=2.pt", weights_only=True)
     assert final["trainer"]["iteration"] == 2 * final["trainer"]["epoch_length"]

@@ -24,8 +24,6 @@ from s2s2_monai.training.datasets import training_dataset
 from s2s2_monai.training.handlers import ConsistencyHandler
 from s2s2_monai.training.taps import TAP_PRESETS
 
-torch.set_num_threads(1)
-
 
 def test_require_data_names_missing_files(tiny_demo, tmp_path, capsys):
     assert require_data(tiny_demo, tiny_demo.parent) == str(tiny_demo)
@@ -70,7 +68,14 @@ def test_atomic_saver_and_resume_loader(tmp_path):
     net = BasicUNet(2, 1, 2, features=(4, 4, 4, 4, 4, 4))
     opt = torch.optim.SGD(net.parameters(), lr=0.1)
     assert numbered_checkpoints(tmp_path / "nothing") == []
-    saver = AtomicCheckpointSaver(str(tmp_path), {"network": net, "optimizer": opt}, engine_key="trainer", save_interval=1, n_saved=2, epoch_level=True)
+    saver = AtomicCheckpointSaver(
+        str(tmp_path),
+        {"network": net, "optimizer": opt},
+        engine_key="trainer",
+        save_interval=1,
+        n_saved=2,
+        epoch_level=True,
+    )
     trainer = Engine(lambda e, b: None)
     saver.attach(trainer)
     trainer.run([0, 1, 2], max_epochs=3)
@@ -95,7 +100,9 @@ def test_atomic_saver_and_resume_loader(tmp_path):
 
 def test_resume_skips_a_corrupt_newest_checkpoint(tmp_path, caplog):
     net = BasicUNet(2, 1, 2, features=(4, 4, 4, 4, 4, 4))
-    saver = AtomicCheckpointSaver(str(tmp_path), {"network": net}, engine_key="trainer", save_interval=1, n_saved=2, epoch_level=True)
+    saver = AtomicCheckpointSaver(
+        str(tmp_path), {"network": net}, engine_key="trainer", save_interval=1, n_saved=2, epoch_level=True
+    )
     trainer = Engine(lambda e, b: None)
     saver.attach(trainer)
     trainer.run([0, 1], max_epochs=3)
@@ -105,12 +112,16 @@ def test_resume_skips_a_corrupt_newest_checkpoint(tmp_path, caplog):
     seen = []
     resumed.add_event_handler(Events.EPOCH_STARTED, lambda e: seen.append(e.state.epoch))
     with caplog.at_level("WARNING"):
-        ResumeCheckpointLoader(str(tmp_path), {"network": BasicUNet(2, 1, 2, features=(4, 4, 4, 4, 4, 4))}).attach(resumed)
+        ResumeCheckpointLoader(str(tmp_path), {"network": BasicUNet(2, 1, 2, features=(4, 4, 4, 4, 4, 4))}).attach(
+            resumed
+        )
         resumed.run([0, 1], max_epochs=4)
     assert seen == [3, 4]  # resumed after epoch 2, the intact one
     assert (tmp_path / "checkpoint_epoch=3.pt.corrupt").is_file()  # moved aside, never deleted
     line = [r.getMessage() for r in caplog.records if "corrupt checkpoint" in r.getMessage()]
-    assert len(line) == 1 and "checkpoint_epoch=3.pt" in line[0] and "resuming from" in line[0] and "epoch=2.pt" in line[0]
+    assert (
+        len(line) == 1 and "checkpoint_epoch=3.pt" in line[0] and "resuming from" in line[0] and "epoch=2.pt" in line[0]
+    )
 
 
 def test_load_weights_and_infer_to_nifti(tiny_demo, tmp_path):

@@ -24,8 +24,6 @@ SYNAPSE = REPO / "bundles" / "synapse"
 SCHEMA = REPO / "bundles" / "schema" / "metadata_schema.json"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
-torch.set_num_threads(1)
-
 
 def tiny_overrides(tiny_demo: Path, out: Path, stack: Path, **extra) -> dict:
     """Shrink the paper configuration to seconds: 32x32 inputs, a tiny UNETR, 2 epochs."""
@@ -100,7 +98,9 @@ def test_preprocessing_is_visible_and_editable_in_the_bundle(tiny_demo, tmp_path
     assert not (tmp_path / "stack").exists()  # baseline: initialize builds no stack
     case = w.parser.get_parsed_content("train#volumes").cases[0]
     hu = nib.as_closest_canonical(nib.load(case.image_path)).get_fdata()
-    np.testing.assert_allclose(case.image, np.clip(hu / 100.0, 0.0, 1.0), atol=1e-5)  # the bundle's window, not [-125, 275]
+    np.testing.assert_allclose(
+        case.image, np.clip(hu / 100.0, 0.0, 1.0), atol=1e-5
+    )  # the bundle's window, not [-125, 275]
     assert w.parser.get_parsed_content("validate#volumes").cases[0].image.max() <= 1.0
     assert w.parser["train#deterministic_transforms"][0]["_target_"].endswith("CTWindowd")
 
@@ -156,16 +156,43 @@ def test_metadata_verifies_offline(bundle, tmp_path):
 
 def test_chaos_bundle_trains_on_real_mr(shared_data, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # bundles run from any working directory
-    mr = {"image": str(shared_data / "mr" / "totalseg_example_mr_sm.nii.gz"), "label": str(shared_data / "mr" / "totalseg_example_mr_sm_seg.nii.gz")}
+    mr = {
+        "image": str(shared_data / "mr" / "totalseg_example_mr_sm.nii.gz"),
+        "label": str(shared_data / "mr" / "totalseg_example_mr_sm_seg.nii.gz"),
+    }
     datalist = tmp_path / "chaos.json"
-    datalist.write_text(json.dumps({"label_map": "chaos_t2spir", "label_remap": "totalseg_mr_to_chaos", "modality": "MRI", "training": [mr], "validation": [mr]}))
+    datalist.write_text(
+        json.dumps(
+            {
+                "label_map": "chaos_t2spir",
+                "label_remap": "totalseg_mr_to_chaos",
+                "modality": "MRI",
+                "training": [mr],
+                "validation": [mr],
+            }
+        )
+    )
     overrides = {
-        "dataset_dir": str(tmp_path), "datalist": str(datalist), "output_dir": str(tmp_path / "run"), "stack_dir": str(tmp_path / "stack"),
-        "stack_n": 2, "input_size": [32, 32], "max_epochs": 1, "batch_size": 4, "num_workers": 0, "val_interval": 1,
+        "dataset_dir": str(tmp_path),
+        "datalist": str(datalist),
+        "output_dir": str(tmp_path / "run"),
+        "stack_dir": str(tmp_path / "stack"),
+        "stack_n": 2,
+        "input_size": [32, 32],
+        "max_epochs": 1,
+        "batch_size": 4,
+        "num_workers": 0,
+        "val_interval": 1,
         "network_def#features": [4, 4, 8, 8, 16, 4],
     }
     chaos = REPO / "bundles" / "chaos_t2spir"
-    w = ConfigWorkflow(config_file=[str(SYNAPSE / "train.json"), str(chaos / "train.json")], meta_file=str(chaos / "metadata.json"), logging_file=str(chaos / "logging.conf"), workflow_type="train", **overrides)
+    w = ConfigWorkflow(
+        config_file=[str(SYNAPSE / "train.json"), str(chaos / "train.json")],
+        meta_file=str(chaos / "metadata.json"),
+        logging_file=str(chaos / "logging.conf"),
+        workflow_type="train",
+        **overrides,
+    )
     w.initialize()
     assert not w.check_properties()
     manifest = json.loads((tmp_path / "stack" / "manifest.json").read_text())
@@ -192,7 +219,12 @@ def _bundle_cmd(configs: list[str]) -> list[str]:
 
 def test_no_data_stops_with_a_clear_message(tmp_path):
     out = tmp_path / "never_written"
-    cmd = _bundle_cmd([str(SYNAPSE / "train.json")]) + ["--dataset_dir", str(tmp_path / "nothing"), "--output_dir", str(out)]
+    cmd = _bundle_cmd([str(SYNAPSE / "train.json")]) + [
+        "--dataset_dir",
+        str(tmp_path / "nothing"),
+        "--output_dir",
+        str(out),
+    ]
     r = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
     assert r.returncode == 2, r.stderr[-2000:]
     assert "Traceback" not in r.stderr
@@ -242,12 +274,27 @@ def test_torchrun_two_processes_gloo(trained, tiny_demo, tmp_path):
         "$torch.distributed.destroy_process_group()",
     ]
     configs = [str(SYNAPSE / "train.json"), str(SYNAPSE / "multi_gpu_train.json"), _overlay(tmp_path / "tiny.json", o)]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
-           "-m", "monai.bundle", "run", "training", "--config_file", str(configs)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(_free_port()),
+        "-m",
+        "monai.bundle",
+        "run",
+        "training",
+        "--config_file",
+        str(configs),
+    ]
     r = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     state = torch.load(tmp_path / "run" / "checkpoints" / "checkpoint_epoch=2.pt", weights_only=True)
-    n_slices = sum(nib.load(tiny_demo.parent / e["image"]).shape[2] for e in json.loads(tiny_demo.read_text())["training"])
+    n_slices = sum(
+        nib.load(tiny_demo.parent / e["image"]).shape[2] for e in json.loads(tiny_demo.read_text())["training"]
+    )
     per_rank = -(-n_slices // 2)  # DistributedSampler(even_divisible=True) shard
     assert state["trainer"]["epoch_length"] == -(-per_rank // o["batch_size"])
     assert (tmp_path / "run" / "models" / "model.pt").is_file()

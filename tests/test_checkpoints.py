@@ -16,7 +16,11 @@ def test_numbered_checkpoints_newest_first_numeric_not_lexical(tmp_path):
         torch.save({"n": n}, tmp_path / f"checkpoint_epoch={n}.pt")
     (tmp_path / "checkpoint_epoch=11.pt.corrupt").write_bytes(b"x")
     (tmp_path / "model.pt").write_bytes(b"x")
-    assert [p.name for p in numbered_checkpoints(tmp_path)] == ["checkpoint_epoch=10.pt", "checkpoint_epoch=9.pt", "checkpoint_epoch=2.pt"]
+    assert [p.name for p in numbered_checkpoints(tmp_path)] == [
+        "checkpoint_epoch=10.pt",
+        "checkpoint_epoch=9.pt",
+        "checkpoint_epoch=2.pt",
+    ]
     for name in ("step-00000005", "step-00000040", "step-00000041.corrupt", ".tmp-step-00000050-1"):
         (tmp_path / name).mkdir()
     assert [p.name for p in numbered_checkpoints(tmp_path, STEP_DIR)] == ["step-00000040", "step-00000005"]
@@ -32,7 +36,11 @@ def test_newest_readable_moves_every_unreadable_one_aside(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         path, obj = newest_readable(numbered_checkpoints(tmp_path), torch_load)
     assert path.name == "checkpoint_epoch=1.pt" and int(obj["n"]) == 1
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_epoch=1.pt", "checkpoint_epoch=2.pt.corrupt", "checkpoint_epoch=3.pt.corrupt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "checkpoint_epoch=1.pt",
+        "checkpoint_epoch=2.pt.corrupt",
+        "checkpoint_epoch=3.pt.corrupt",
+    ]
     msgs = [r.getMessage() for r in caplog.records]
     assert len(msgs) == 2 and all("resuming from" in m and "checkpoint_epoch=1.pt" in m for m in msgs)
     # nothing readable left: None, and the last one is moved aside too
@@ -47,7 +55,11 @@ def test_newest_readable_moves_every_unreadable_one_aside(tmp_path, caplog):
 
 def test_read_state_dict_accepts_the_project_layouts_and_rejects_others(tmp_path):
     state = {"w": torch.ones(2), "b": torch.zeros(1)}
-    for name, obj in {"plain": state, "interval": {"network": state, "trainer": {"epoch": 3}}, "bundle": {"model": state}}.items():
+    for name, obj in {
+        "plain": state,
+        "interval": {"network": state, "trainer": {"epoch": 3}},
+        "bundle": {"model": state},
+    }.items():
         torch.save(obj, tmp_path / f"{name}.pt")
         got = read_state_dict(tmp_path / f"{name}.pt")
         assert set(got) == {"w", "b"} and torch.equal(got["w"], state["w"])

@@ -28,7 +28,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _python(code: str, *args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    return subprocess.run([sys.executable, "-c", code, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-c", code, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 def _subcommands(parser):
@@ -69,7 +71,13 @@ def test_parser_and_every_help_import_no_torch_or_monai():
 
 
 def test_help_lists_choices_without_torch():
-    r = subprocess.run([sys.executable, "-m", "s2s2_monai", "robustness", "--help"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "s2s2_monai", "robustness", "--help"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
     text = " ".join(r.stdout.split())
     from s2s2_monai.robustness.corruptions import CORRUPTIONS, SEVERITIES
@@ -122,7 +130,10 @@ def test_evaluate_on_folders_does_not_import_monai(tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     assert "MONAI False" in r.stdout, r.stdout + r.stderr
     summary = json.loads((root / "out0" / "summary.json").read_text())
-    assert summary["methods"]["b"]["overall"]["dice"]["mean"] == 1.0 and 0 < summary["methods"]["a"]["overall"]["dice"]["mean"] < 1
+    assert (
+        summary["methods"]["b"]["overall"]["dice"]["mean"] == 1.0
+        and 0 < summary["methods"]["a"]["overall"]["dice"]["mean"] < 1
+    )
     assert summary["versions"]["monai"]  # the version is read from the package metadata
 
 
@@ -148,7 +159,9 @@ ALIASES = [
 ]
 
 
-@pytest.mark.parametrize(("command", "extra", "new", "old", "dest", "value"), ALIASES, ids=[f"{a[0]}:{a[3][0]}" for a in ALIASES])
+@pytest.mark.parametrize(
+    ("command", "extra", "new", "old", "dest", "value"), ALIASES, ids=[f"{a[0]}:{a[3][0]}" for a in ALIASES]
+)
 def test_old_and_new_spellings_parse_alike(command, extra, new, old, dest, value, capsys):
     parser = build_parser()
     base = BASE[command] + extra
@@ -212,12 +225,29 @@ def test_robustness_config_is_a_path_relative_to_the_current_folder(tmp_path, mo
     (tmp_path / "mine.json").write_text("{}")
     monkeypatch.chdir(tmp_path)
     assert resolve_configs(None, str(bundle)) is None  # the bundle's default
-    assert resolve_configs(["mine.json", "bundle/train.json"], str(bundle)) == [str(tmp_path / "mine.json"), str(bundle / "train.json")]
+    assert resolve_configs(["mine.json", "bundle/train.json"], str(bundle)) == [
+        str(tmp_path / "mine.json"),
+        str(bundle / "train.json"),
+    ]
     assert "deprecated" not in capsys.readouterr().err
     # old meaning: a name inside --bundle, still read, with a warning naming the new spelling
     assert resolve_configs(["train.json"], str(bundle)) == [str(bundle / "train.json")]
     assert "--config takes a path relative to the current folder: --config " in capsys.readouterr().err
     with pytest.raises(S2S2InputError, match="config file not found"):
         resolve_configs(["nope.json"], str(bundle))
-    r = main(["robustness", "--bundle", str(bundle), "--config", "nope.json", "--checkpoint", "m.pt", "--datalist", "d.json", "--out", "o"])
+    r = main(
+        [
+            "robustness",
+            "--bundle",
+            str(bundle),
+            "--config",
+            "nope.json",
+            "--checkpoint",
+            "m.pt",
+            "--datalist",
+            "d.json",
+            "--out",
+            "o",
+        ]
+    )
     assert r == 2 and "nope.json: config file not found" in capsys.readouterr().err

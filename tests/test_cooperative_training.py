@@ -26,9 +26,6 @@ K = 4
 CH = (4, 8, 8)  # two stride-2 levels: inputs divisible by 4
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
-
 def _batch(b=3, size=16, seed=0):
     g = torch.Generator().manual_seed(seed)
     x = torch.rand(b, 1, size, size, generator=g)
@@ -96,7 +93,10 @@ def test_standard_terms_against_hand_computation():
             "seg": F.cross_entropy(logits, y[:, 0].long()),
             "recon": 0.5 * ((net.ftn.image_decoder(z_i) - x) ** 2).mean(),  # target: the clean image
             "shape_pred": F.cross_entropy(net.stn.decoder(net.stn.encoder(torch.softmax(logits, 1))), y[:, 0].long()),
-            "shape_gt": F.cross_entropy(net.stn.decoder(net.stn.encoder(F.one_hot(y[:, 0].long(), K).permute(0, 3, 1, 2).float())), y[:, 0].long()),
+            "shape_gt": F.cross_entropy(
+                net.stn.decoder(net.stn.encoder(F.one_hot(y[:, 0].long(), K).permute(0, 3, 1, 2).float())),
+                y[:, 0].long(),
+            ),
         }
     assert tuple(terms) == STANDARD_TERMS
     for k in STANDARD_TERMS:
@@ -151,7 +151,13 @@ def test_cooperative_loss_is_the_sum_and_one_backward_reaches_every_part():
     torch.testing.assert_close(total, torch.stack(list(terms.values())).sum())
     assert ftn["kind"] in ("dropout", "channel", "spatial")
     total.backward()
-    for name, part in [("encoder", net.ftn.encoder), ("decoupler", net.ftn.decoupler), ("seg", net.ftn.seg_decoder), ("image", net.ftn.image_decoder), ("stn", net.stn)]:
+    for name, part in [
+        ("encoder", net.ftn.encoder),
+        ("decoupler", net.ftn.decoupler),
+        ("seg", net.ftn.seg_decoder),
+        ("image", net.ftn.image_decoder),
+        ("stn", net.stn),
+    ]:
         grads = [p.grad for p in part.parameters()]
         assert all(g is not None for g in grads) and sum(float(g.abs().sum()) for g in grads) > 0, name
     # without a masker: the standard terms only
@@ -165,7 +171,12 @@ def _tiny_loader(datalist, size=32, batch_size=4):
 
     from s2s2_monai.training.datasets import training_dataset
 
-    tf = Compose([Resized(["image", "label"], (size, size), mode=["bilinear", "nearest"]), EnsureTyped(["image", "label"], track_meta=False)])
+    tf = Compose(
+        [
+            Resized(["image", "label"], (size, size), mode=["bilinear", "nearest"]),
+            EnsureTyped(["image", "label"], track_meta=False),
+        ]
+    )
     ds = training_dataset(datalist, transform=tf)
     return DataLoader(ds, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(0))
 
@@ -180,16 +191,28 @@ def test_cooperative_training_on_demo_data_improves(tiny_demo):
 
     set_determinism(0)
     net = CooperativeNet(1, 9, channels=(8, 16, 32, 32))
-    evaluator = VolumeEvaluator("cpu", volume_loader(VolumeDataset(tiny_demo, "training")), net, "synapse", input_size=(32, 32))
+    evaluator = VolumeEvaluator(
+        "cpu", volume_loader(VolumeDataset(tiny_demo, "training")), net, "synapse", input_size=(32, 32)
+    )
     trainer = CooperativeTrainer(
-        device="cpu", max_epochs=8, train_data_loader=_tiny_loader(tiny_demo), network=net,
-        optimizer=torch.optim.Adam(net.parameters(), 5e-3), decollate=False,
+        device="cpu",
+        max_epochs=8,
+        train_data_loader=_tiny_loader(tiny_demo),
+        network=net,
+        optimizer=torch.optim.Adam(net.parameters(), 5e-3),
+        decollate=False,
         train_handlers=[ValidationHandler(1, evaluator, epoch_level=True)],
     )
     losses: dict[int, list[float]] = {}
     dice: list[float] = []
     kinds: set[str] = set()
-    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: (losses.setdefault(e.state.epoch, []).append(float(e.state.output["loss"].detach())), kinds.add(e.state.output["mask_kind"])))
+    trainer.add_event_handler(
+        Events.ITERATION_COMPLETED,
+        lambda e: (
+            losses.setdefault(e.state.epoch, []).append(float(e.state.output["loss"].detach())),
+            kinds.add(e.state.output["mask_kind"]),
+        ),
+    )
     evaluator.add_event_handler(Events.COMPLETED, lambda e: dice.append(e.state.metrics["val_mean_dice"]))
     trainer.run()
     assert {"loss_hard_seg", "loss_hard_shape_corrupt", "loss_shape_gt"} <= set(trainer.state.output)
@@ -206,12 +229,26 @@ def test_trainer_adds_s2s2_terms_with_a_stack_member():
     net = CooperativeNet(1, K, channels=CH)
     x, y = _batch(b=2)
     batch = [{"image": x, "image_stack": (x + 0.1).clamp(0, 1), "label": y}]
-    trainer = CooperativeTrainer(device="cpu", max_epochs=1, train_data_loader=batch, network=net, optimizer=torch.optim.SGD(net.parameters(), 0.0), decollate=False, use_stack=True, alpha_enc=0.5, alpha_dec=0.0, latent_da=False, input_noise=0.0)
+    trainer = CooperativeTrainer(
+        device="cpu",
+        max_epochs=1,
+        train_data_loader=batch,
+        network=net,
+        optimizer=torch.optim.SGD(net.parameters(), 0.0),
+        decollate=False,
+        use_stack=True,
+        alpha_enc=0.5,
+        alpha_dec=0.0,
+        latent_da=False,
+        input_noise=0.0,
+    )
     trainer.run()
     out = trainer.state.output
     assert {"loss_seg_stack", "loss_enc", "loss_dec"} <= set(out)
     assert 0 < float(out["loss_enc"]) < 2
-    expected = sum(float(out[k]) for k in ("loss_seg", "loss_recon", "loss_shape_pred", "loss_shape_gt", "loss_seg_stack")) + 0.5 * float(out["loss_enc"])
+    expected = sum(
+        float(out[k]) for k in ("loss_seg", "loss_recon", "loss_shape_pred", "loss_shape_gt", "loss_seg_stack")
+    ) + 0.5 * float(out["loss_enc"])
     assert float(out["loss"].detach()) == pytest.approx(expected, rel=1e-5)
     a, b = torch.rand(2, 3, 4), torch.rand(2, 3, 4)
     assert float(consistency_distance(a, a)) == pytest.approx(0.0, abs=1e-6) and float(consistency_distance(a, b)) > 0

@@ -38,10 +38,18 @@ def test_check_data_reports_each_bad_case(tiny_demo, tmp_path, capsys):
     nib.save(nib.Nifti1Image(img, aff), tmp_path / "nan.nii.gz")
     entries = [
         {"image": str(root / "imagesTr/phantom_000.nii.gz"), "label": str(root / "labelsTr/phantom_000.nii.gz")},
-        {"image": str(root / "imagesTr/phantom_000.nii.gz"), "label": str(tmp_path / "bad_ids.nii.gz"), "case_id": "ids"},
+        {
+            "image": str(root / "imagesTr/phantom_000.nii.gz"),
+            "label": str(tmp_path / "bad_ids.nii.gz"),
+            "case_id": "ids",
+        },
         {"image": str(tmp_path / "nan.nii.gz"), "label": str(root / "labelsTr/phantom_000.nii.gz")},
         {"image": str(tmp_path / "gone.nii.gz"), "label": str(root / "labelsTr/phantom_000.nii.gz")},
-        {"image": str(root / "imagesTr/phantom_000.nii.gz"), "label": str(root / "labelsTr/phantom_001.nii.gz"), "case_id": "swap"},
+        {
+            "image": str(root / "imagesTr/phantom_000.nii.gz"),
+            "label": str(root / "labelsTr/phantom_001.nii.gz"),
+            "case_id": "swap",
+        },
     ]
     assert main(["check-data", "--datalist", str(_datalist(tmp_path, entries))]) == 1
     out = capsys.readouterr().out
@@ -60,13 +68,34 @@ def test_cli_errors_are_one_line_and_nonzero(tmp_path):
 
 
 def test_demo_data_cli(tmp_path, capsys):
-    assert main(["demo-data", "--out", str(tmp_path / "d"), "--cases", "2", "--seed", "1", "--shape", "32", "32", "6", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "demo-data",
+                "--out",
+                str(tmp_path / "d"),
+                "--cases",
+                "2",
+                "--seed",
+                "1",
+                "--shape",
+                "32",
+                "32",
+                "6",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     dl = json.loads((tmp_path / "d/datalist.json").read_text())
     assert len(dl["training"]) == 1 and nib.load(tmp_path / "d" / dl["training"][0]["image"]).shape == (32, 32, 6)
     assert main(["check-data", "--datalist", str(tmp_path / "d/datalist.json")]) == 0
     capsys.readouterr()
     # the old positional output folder still works (deprecated): same bytes for the same seed
-    assert main(["demo-data", str(tmp_path / "old"), "--cases", "2", "--seed", "1", "--shape", "32", "32", "6", "--quiet"]) == 0
+    assert (
+        main(["demo-data", str(tmp_path / "old"), "--cases", "2", "--seed", "1", "--shape", "32", "32", "6", "--quiet"])
+        == 0
+    )
     err = capsys.readouterr().err
     assert "a positional DIR is deprecated; use --out DIR" in err and "--quiet is deprecated; use --no-progress" in err
     name = dl["training"][0]["image"]

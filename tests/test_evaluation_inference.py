@@ -13,7 +13,12 @@ from s2s2_monai.evaluation.legacy import legacy_case_metrics, legacy_predict_vol
 
 def _net(classes=4, seed=0):
     torch.manual_seed(seed)
-    return torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU(), torch.nn.Conv2d(8, classes, 3, padding=1))
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(1, 8, 3, padding=1),
+        torch.nn.BatchNorm2d(8),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(8, classes, 3, padding=1),
+    )
 
 
 def test_batched_reassembly_equals_per_slice_loop():
@@ -23,7 +28,9 @@ def test_batched_reassembly_equals_per_slice_loop():
         ref = torch.stack([net(vol[None, None, :, :, z]).argmax(1)[0] for z in range(vol.shape[-1])], dim=-1)
         ref_resized = []
         for z in range(vol.shape[-1]):
-            x = torch.nn.functional.interpolate(vol[None, None, :, :, z], size=(32, 32), mode="bilinear", align_corners=False)
+            x = torch.nn.functional.interpolate(
+                vol[None, None, :, :, z], size=(32, 32), mode="bilinear", align_corners=False
+            )
             y = torch.nn.functional.interpolate(net(x), size=(20, 16), mode="bilinear", align_corners=False)
             ref_resized.append(y.argmax(1)[0])
     for bs in (1, 3, 32):

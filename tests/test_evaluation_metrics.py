@@ -32,7 +32,13 @@ def real_pair(shared_data):
     for c in range(1, 9):
         m = gt == c
         op = c % 3
-        m2 = ndimage.binary_dilation(m) if op == 0 else ndimage.binary_erosion(m) if op == 1 else np.roll(m, 2, axis=c % 3)
+        m2 = (
+            ndimage.binary_dilation(m)
+            if op == 0
+            else ndimage.binary_erosion(m)
+            if op == 1
+            else np.roll(m, 2, axis=c % 3)
+        )
         pred[(pred == c) & ~m2] = 0
         pred[m2] = c
     rng = np.random.default_rng(0)
@@ -60,7 +66,9 @@ def _reference(name, p, g, spacing):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         hd = compute_hausdorff_distance(t(p), t(g), include_background=True, percentile=95, spacing=list(spacing))
-        asd = compute_average_surface_distance(t(p), t(g), include_background=True, symmetric=True, spacing=list(spacing))
+        asd = compute_average_surface_distance(
+            t(p), t(g), include_background=True, symmetric=True, spacing=list(spacing)
+        )
     return float(hd), float(asd)
 
 
@@ -136,7 +144,9 @@ def test_default_and_input_forms():
     gt, pred, _ = _cubes()
     assert DEFAULT_HD95 in HD95_DEFINITIONS
     a = compute_case_metrics(pred, gt, (1, 1, 1), [1])
-    b = compute_case_metrics(torch.from_numpy(pred)[None].long(), torch.from_numpy(gt)[None].float(), (1, 1, 1), [1], hd95=DEFAULT_HD95)
+    b = compute_case_metrics(
+        torch.from_numpy(pred)[None].long(), torch.from_numpy(gt)[None].float(), (1, 1, 1), [1], hd95=DEFAULT_HD95
+    )
     assert a == b
     with pytest.raises(ValueError, match="unknown HD95"):
         compute_case_metrics(pred, gt, (1, 1, 1), [1], hd95="hausdorff")
@@ -196,4 +206,8 @@ def test_surfel_normals_table_is_monais():
         from surface_distance import lookup_tables
     except ImportError:
         return
-    np.testing.assert_allclose(surfel_area_table(spacing).numpy(), lookup_tables.create_table_neighbour_code_to_surface_area(spacing), rtol=1e-12)
+    np.testing.assert_allclose(
+        surfel_area_table(spacing).numpy(),
+        lookup_tables.create_table_neighbour_code_to_surface_area(spacing),
+        rtol=1e-12,
+    )

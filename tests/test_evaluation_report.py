@@ -48,7 +48,18 @@ def _run(*args) -> int:
 
 def test_report_files_parse_and_ab(folders):
     out = folders / "report"
-    rc = _run("--pred-dir", f"base={folders / 'base'}", "--pred-dir", f"s2s2={folders / 's2s2'}", "--label-dir", folders / "labels", "--out", out, "--hd95", "medpy")
+    rc = _run(
+        "--pred-dir",
+        f"base={folders / 'base'}",
+        "--pred-dir",
+        f"s2s2={folders / 's2s2'}",
+        "--label-dir",
+        folders / "labels",
+        "--out",
+        out,
+        "--hd95",
+        "medpy",
+    )
     assert rc == 0
     rows = list(csv.DictReader(open(out / "metrics.csv")))
     assert list(rows[0]) == ["method", "case", "class_id", "class_name", "dice", "hd95_mm", "assd_mm"]
@@ -70,13 +81,28 @@ def test_report_files_parse_and_ab(folders):
 
 def test_legacy_mode_and_num_classes(folders):
     out = folders / "legacy"
-    assert _run("--pred-dir", folders / "base", "--label-dir", folders / "labels", "--out", out, "--legacy-transunet", "--num-classes", "9") == 0
+    assert (
+        _run(
+            "--pred-dir",
+            folders / "base",
+            "--label-dir",
+            folders / "labels",
+            "--out",
+            out,
+            "--legacy-transunet",
+            "--num-classes",
+            "9",
+        )
+        == 0
+    )
     rows = list(csv.DictReader(open(out / "metrics.csv")))
     assert list(rows[0]) == ["case", "class_id", "class_name", "dice", "hd95_vox"]
     assert {r["dice"] for r in rows if r["class_name"] == "class_4"} == {"0.0"}  # empty rule: (0, 0), never NaN
     s = json.loads((out / "summary.json").read_text())
     per_class = s["methods"]["base"]["per_class"]
-    assert s["methods"]["base"]["overall"]["dice"] == pytest.approx(np.mean([v["dice"]["mean"] for v in per_class.values()]))
+    assert s["methods"]["base"]["overall"]["dice"] == pytest.approx(
+        np.mean([v["dice"]["mean"] for v in per_class.values()])
+    )
 
 
 def test_label_in_other_orientation_gives_same_numbers(folders):
@@ -148,7 +174,9 @@ def test_evaluate_datalist_writes_predictions_in_image_geometry(tiny_demo, tmp_p
     torch.manual_seed(0)
     net = torch.nn.Conv2d(1, 9, 3, padding=1)
     dl = load_datalist(tiny_demo)
-    summary = evaluate_datalist(net, dl, "validation", tmp_path / "ev", input_size=(32, 32), hd95="surface-distance", progress=False)
+    summary = evaluate_datalist(
+        net, dl, "validation", tmp_path / "ev", input_size=(32, 32), hd95="surface-distance", progress=False
+    )
     assert summary["settings"]["hd95_definition"] == "surface-distance"
     for entry in dl.items("validation"):
         img = nib.load(entry["image"])
@@ -174,12 +202,20 @@ def _same_as_load_volume(path, is_label):
 
 def test_nibabel_reader_matches_load_volume_on_real_volumes(shared_data):
     """`s2s2 evaluate` reads with nibabel: the same RAS array and affine as MONAI's LoadImage + Orientation."""
-    for rel, is_label in (("ct/totalseg_example_ct_sm_seg.nii.gz", True), ("ct/totalseg_example_ct_sm.nii.gz", False),
-                          ("mr/totalseg_example_mr_sm.nii.gz", False), ("dicom/totalseg_example_ct_dicom_seg.nii.gz", True)):
+    for rel, is_label in (
+        ("ct/totalseg_example_ct_sm_seg.nii.gz", True),
+        ("ct/totalseg_example_ct_sm.nii.gz", False),
+        ("mr/totalseg_example_mr_sm.nii.gz", False),
+        ("dicom/totalseg_example_ct_dicom_seg.nii.gz", True),
+    ):
         path = shared_data / rel
         if path.exists():
             _same_as_load_volume(path, is_label)
-    assert nib.aff2axcodes(nib.load(shared_data / "mr/totalseg_example_mr_sm.nii.gz").affine) != ("R", "A", "S")  # a reoriented one
+    assert nib.aff2axcodes(nib.load(shared_data / "mr/totalseg_example_mr_sm.nii.gz").affine) != (
+        "R",
+        "A",
+        "S",
+    )  # a reoriented one
 
 
 @pytest.mark.filterwarnings("ignore:axcodes")  # MONAI on the 2D case
@@ -202,7 +238,11 @@ def test_nibabel_reader_matches_load_volume_on_lps_and_permuted_phantoms(tiny_de
     _same_as_load_volume(tmp_path / "perm_f.nii.gz", True)
     # the same checks, the same messages
     bad = {
-        "nan": (np.where(np.arange(lab_arr.size).reshape(lab_arr.shape) == 5, np.nan, 1.0).astype(np.float32), False, "image holds 1 NaN/inf voxels"),
+        "nan": (
+            np.where(np.arange(lab_arr.size).reshape(lab_arr.shape) == 5, np.nan, 1.0).astype(np.float32),
+            False,
+            "image holds 1 NaN/inf voxels",
+        ),
         "frac": (np.full((4, 4, 3), 0.5, np.float32), True, "non-integer values"),
         "neg": (np.full((4, 4, 3), -1, np.int16), True, "negative values"),
         "vol4d": (np.zeros((4, 4, 3, 2), np.uint8), True, "got a 4D image of shape (4, 4, 3, 2)"),

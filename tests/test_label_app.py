@@ -23,7 +23,6 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from conftest import SHARED_DATA, require_shared
 
 from s2s2_monai.cli import main as cli_main
 from s2s2_monai.data.phantom import write_demo_data
@@ -45,9 +44,6 @@ from s2s2_monai.label_maps import get_label_map
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "bundles" / "synapse"
-REAL_CT = SHARED_DATA / "ct" / "totalseg_example_ct_sm.nii.gz"
-REAL_MR = SHARED_DATA / "mr" / "totalseg_example_mr_sm.nii.gz"
-needs_shared = pytest.mark.usefixtures("shared_data")  # skips locally, fails in CI when ../shared is missing
 
 #: Shrinks the Synapse bundle to a network that runs in milliseconds on CPU.
 TINY = {
@@ -83,7 +79,10 @@ def work(tmp_path_factory):
     torch.save({"network": network.state_dict(), "optimizer": {}}, ckpt)
     bundle = export_bundle([BUNDLE / "train.json", overlay], ckpt, root / "models" / "synapse")
     entries = json.loads(datalist.read_text())
-    items = [{"image": str(root / "data" / e["image"]), "label": str(root / "data" / e["label"])} for e in entries["training"] + entries["validation"]]
+    items = [
+        {"image": str(root / "data" / e["image"]), "label": str(root / "data" / e["label"])}
+        for e in entries["training"] + entries["validation"]
+    ]
     return {"root": root, "overlay": overlay, "ckpt": ckpt, "bundle": bundle, "network": network, "items": items}
 
 
@@ -97,7 +96,16 @@ def test_export_layout_and_weights(work):
     inf = json.loads((b.root / "configs" / "inference.json").read_text())
     assert inf["model_path"] == "$@bundle_root + '/models/model.pt'" and inf["input_size"] == [32, 32]
     assert b.label_map is get_label_map("synapse") and b.input_size == (32, 32) and b.modality == "CT"
-    assert b.labels() == {"spleen": 1, "right kidney": 2, "left kidney": 3, "gallbladder": 4, "liver": 5, "stomach": 6, "aorta": 7, "pancreas": 8}
+    assert b.labels() == {
+        "spleen": 1,
+        "right kidney": 2,
+        "left kidney": 3,
+        "gallbladder": 4,
+        "liver": 5,
+        "stomach": 6,
+        "aorta": 7,
+        "pancreas": 8,
+    }
     saved = read_state_dict(b.weights_path)
     for k, v in work["network"].state_dict().items():
         assert torch.equal(saved[k], v), k
@@ -127,7 +135,17 @@ def test_export_bad_input(work, tmp_path):
 
 def test_export_bundle_cli(work, tmp_path, capsys):
     out = tmp_path / "models" / "ct"
-    args = ["export-bundle", "--config", str(BUNDLE / "train.json"), "--config", str(work["overlay"]), "--checkpoint", str(work["ckpt"]), "--out", str(out)]
+    args = [
+        "export-bundle",
+        "--config",
+        str(BUNDLE / "train.json"),
+        "--config",
+        str(work["overlay"]),
+        "--checkpoint",
+        str(work["ckpt"]),
+        "--out",
+        str(out),
+    ]
     assert cli_main(args) == 0
     assert "monailabel start_server" in capsys.readouterr().out
     assert cli_main(args) == 2  # exists
@@ -184,14 +202,13 @@ def test_modality_range_hand_computed():
         check_modality_range(np.zeros((0, 3, 3)), "CT")
 
 
-@needs_shared
-def test_modality_range_real_volumes():
-    assert check_modality_range(load_volume(REAL_CT), "CT") > 0.01
+def test_modality_range_real_volumes(real_ct, real_mr):
+    assert check_modality_range(load_volume(real_ct), "CT") > 0.01
     with pytest.raises(S2S2InputError, match=r"-47\.\.833 do not look like CT"):
-        check_modality_range(load_volume(REAL_MR), "CT")
-    check_modality_range(load_volume(REAL_MR), "MRI")
+        check_modality_range(load_volume(real_mr), "CT")
+    check_modality_range(load_volume(real_mr), "MRI")
     with pytest.raises(S2S2InputError, match="expects MRI"):
-        check_modality_range(load_volume(REAL_CT), "MRI")
+        check_modality_range(load_volume(real_ct), "MRI")
 
 
 # ---------------------------------------------------------------- segmentation
@@ -208,10 +225,10 @@ def _check_label_file(out: Path, image_path: Path, label_map) -> np.ndarray:
 
 
 @pytest.mark.parametrize("case", ["phantom", "real_ct"])
-def test_segment_file_keeps_geometry(work, tmp_path, case):
-    if case == "real_ct":
-        require_shared("ct")
-    image = Path(work["items"][0]["image"]) if case == "phantom" else REAL_CT  # phantom: LPS on disk; real: RAS
+def test_segment_file_keeps_geometry(work, tmp_path, case, request):
+    image = (
+        Path(work["items"][0]["image"]) if case == "phantom" else request.getfixturevalue("real_ct")
+    )  # phantom: LPS on disk; real: RAS
     b = work["bundle"]
     net = b.load_network()
     out = segment_file(net, image, tmp_path / "pred.nii.gz", b.modality, input_size=b.input_size, batch_size=5)
@@ -222,10 +239,9 @@ def test_segment_file_keeps_geometry(work, tmp_path, case):
     np.testing.assert_array_equal(load_volume(out, is_label=True)[0].numpy(), expected.numpy())
 
 
-@needs_shared
-def test_segment_file_rejects_mri_for_ct_model(work, tmp_path):
+def test_segment_file_rejects_mri_for_ct_model(work, tmp_path, real_mr):
     with pytest.raises(S2S2InputError, match="this model expects CT"):
-        segment_file(work["bundle"].load_network(), REAL_MR, tmp_path / "x.nii.gz", "CT")
+        segment_file(work["bundle"].load_network(), real_mr, tmp_path / "x.nii.gz", "CT")
     assert not (tmp_path / "x.nii.gz").exists()
 
 
@@ -268,7 +284,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _request(url: str, method: str = "GET", data: bytes | None = None, headers: dict | None = None, timeout: float = 120):
+def _request(
+    url: str, method: str = "GET", data: bytes | None = None, headers: dict | None = None, timeout: float = 120
+):
     req = urllib.request.Request(url, data=data, method=method, headers=headers or {})
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r:
@@ -280,15 +298,21 @@ def _request(url: str, method: str = "GET", data: bytes | None = None, headers: 
 def _upload(url: str, path: Path):
     boundary = "s2s2testboundary"
     body = (
-        f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{path.name}\"\r\n"
-        "Content-Type: application/octet-stream\r\n\r\n"
-    ).encode() + path.read_bytes() + f"\r\n--{boundary}--\r\n".encode()
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{path.name}"\r\n'
+            "Content-Type: application/octet-stream\r\n\r\n"
+        ).encode()
+        + path.read_bytes()
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
     return _request(url, "POST", body, {"Content-Type": f"multipart/form-data; boundary={boundary}"})
 
 
 @pytest.fixture(scope="module")
-def server(work, tmp_path_factory):
-    pytest.importorskip("monailabel", reason="monailabel not installed: install the 'label' extra (.ci/run_label does, in its own venv)")
+def server(work, tmp_path_factory, real_ct):
+    pytest.importorskip(
+        "monailabel", reason="monailabel not installed: install the 'label' extra (.ci/run_label does, in its own venv)"
+    )
     root = tmp_path_factory.mktemp("server")
     app = root / "app"
     app.mkdir()
@@ -299,9 +323,13 @@ def server(work, tmp_path_factory):
     (studies / "labels" / "final").mkdir(parents=True)
     shutil.copy(work["items"][0]["image"], studies / "phantom.nii.gz")
     shutil.copy(work["items"][0]["label"], studies / "labels" / "final" / "phantom.nii.gz")
-    shutil.copy(require_shared("ct", "mr") / "ct" / REAL_CT.name, studies / "real_ct.nii.gz")
+    shutil.copy(real_ct, studies / "real_ct.nii.gz")
     port = _free_port()
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}", "MONAI_LABEL_DATASTORE_AUTO_RELOAD": "false"}
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "MONAI_LABEL_DATASTORE_AUTO_RELOAD": "false",
+    }
     cmd = [
         sys.executable, "-m", "monailabel.main", "start_server",
         "--app", str(app), "--studies", str(studies),
@@ -344,7 +372,9 @@ def _infer_and_check(server, work, image_id: str, image_path: Path, tmp_path: Pa
     arr = _check_label_file(out, image_path, work["bundle"].label_map)
     # the same model run in-process gives the same labels
     b = load_model_bundle(server["models"] / "synapse")
-    ref = segment_file(b.load_network(), image_path, tmp_path / f"{image_id}_ref.nii.gz", b.modality, input_size=b.input_size)
+    ref = segment_file(
+        b.load_network(), image_path, tmp_path / f"{image_id}_ref.nii.gz", b.modality, input_size=b.input_size
+    )
     np.testing.assert_array_equal(arr, np.asarray(nib.load(str(ref)).dataobj))
     return arr
 
@@ -360,12 +390,11 @@ def test_server_infer_phantom(server, work, tmp_path):
     _infer_and_check(server, work, "phantom", server["studies"] / "phantom.nii.gz", tmp_path)
 
 
-@needs_shared
 def test_server_infer_real_ct(server, work, tmp_path):
     _infer_and_check(server, work, "real_ct", server["studies"] / "real_ct.nii.gz", tmp_path)
 
 
-def test_server_bad_requests_keep_serving(server, work, tmp_path):
+def test_server_bad_requests_keep_serving(server, work, tmp_path, real_mr):
     url = server["url"]
     status, body = _request(f"{url}/infer/nosuch?image=phantom&output=image", "POST")
     assert status == 404 and "unknown model 'nosuch'" in json.loads(body)["detail"]
@@ -375,7 +404,7 @@ def test_server_bad_requests_keep_serving(server, work, tmp_path):
     junk.write_bytes(b"this is not an image")
     status, body = _upload(f"{url}/infer/synapse?output=image", junk)
     assert status == 422 and "cannot read this NIfTI file" in json.loads(body)["detail"]
-    status, body = _upload(f"{url}/infer/synapse?output=image", REAL_MR)
+    status, body = _upload(f"{url}/infer/synapse?output=image", real_mr)
     detail = json.loads(body)["detail"]
     assert status == 422 and "do not look like CT" in detail and "expects CT" in detail
     assert _request(url + "/")[0] == 200
@@ -401,5 +430,7 @@ def test_server_train_then_infer(server, work, tmp_path):
     assert task["status"] == "DONE", "\n".join(task.get("details", []))
     assert weights.stat().st_mtime_ns != before
     runs = list((server["models"] / "synapse" / "train_runs").iterdir())
-    assert len(runs) == 1 and json.loads((runs[0] / "datalist.json").read_text())["training"][0]["label"].endswith("labels/final/phantom.nii.gz")
+    assert len(runs) == 1 and json.loads((runs[0] / "datalist.json").read_text())["training"][0]["label"].endswith(
+        "labels/final/phantom.nii.gz"
+    )
     _infer_and_check(server, work, "phantom", server["studies"] / "phantom.nii.gz", tmp_path)

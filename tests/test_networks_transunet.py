@@ -22,19 +22,22 @@ REFERENCE_PART_PARAMS = {
 }
 
 TINY = {
-    "img_size": 32, "hidden_size": 32, "num_layers": 2, "num_heads": 4, "mlp_dim": 64, "block_units": (1, 2, 1),
-    "width_factor": 0.5, "decoder_channels": (32, 16, 16, 16), "head_channels": 64,
+    "img_size": 32,
+    "hidden_size": 32,
+    "num_layers": 2,
+    "num_heads": 4,
+    "mlp_dim": 64,
+    "block_units": (1, 2, 1),
+    "width_factor": 0.5,
+    "decoder_channels": (32, 16, 16, 16),
+    "head_channels": 64,
 }
 H, WIDTH = TINY["hidden_size"], int(64 * TINY["width_factor"])
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _seeded():
     torch.manual_seed(0)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _numel(module: torch.nn.Module) -> int:
@@ -56,11 +59,19 @@ def _google_npz(path, grid: int, seed: int = 0) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     heads = TINY["num_heads"]
     shapes = {
-        "cls": (1, 1, H), "head/kernel": (H, 5), "head/bias": (5,), "pre_logits/kernel": (H, H), "pre_logits/bias": (H,),
-        "embedding/kernel": (1, 1, 16 * WIDTH, H), "embedding/bias": (H,),
+        "cls": (1, 1, H),
+        "head/kernel": (H, 5),
+        "head/bias": (5,),
+        "pre_logits/kernel": (H, H),
+        "pre_logits/bias": (H,),
+        "embedding/kernel": (1, 1, 16 * WIDTH, H),
+        "embedding/bias": (H,),
         "Transformer/posembed_input/pos_embedding": (1, 1 + grid * grid, H),
-        "Transformer/encoder_norm/scale": (H,), "Transformer/encoder_norm/bias": (H,),
-        "conv_root/kernel": (7, 7, 3, WIDTH), "gn_root/scale": (WIDTH,), "gn_root/bias": (WIDTH,),
+        "Transformer/encoder_norm/scale": (H,),
+        "Transformer/encoder_norm/bias": (H,),
+        "conv_root/kernel": (7, 7, 3, WIDTH),
+        "gn_root/scale": (WIDTH,),
+        "gn_root/bias": (WIDTH,),
     }
     for i in range(TINY["num_layers"]):
         blk = f"Transformer/encoderblock_{i}/"
@@ -82,7 +93,13 @@ def _google_npz(path, grid: int, seed: int = 0) -> dict[str, np.ndarray]:
         for k, c in ((1, cmid), (2, cmid), (3, cout)):
             shapes[f"{unit}gn{k}/scale"] = shapes[f"{unit}gn{k}/bias"] = (c,)
         if u == 0:
-            shapes.update({unit + "conv_proj/kernel": (1, 1, cin, cout), unit + "gn_proj/scale": (cout,), unit + "gn_proj/bias": (cout,)})
+            shapes.update(
+                {
+                    unit + "conv_proj/kernel": (1, 1, cin, cout),
+                    unit + "gn_proj/scale": (cout,),
+                    unit + "gn_proj/bias": (cout,),
+                }
+            )
     arrays = {k: rng.standard_normal(v).astype(np.float32) for k, v in shapes.items()}
     np.savez(path, **arrays)
     return arrays
@@ -91,11 +108,17 @@ def _google_npz(path, grid: int, seed: int = 0) -> dict[str, np.ndarray]:
 def _timm_state(grid: int) -> dict[str, torch.Tensor]:
     """A random timm ``vit_base_r50_s16_*`` state dict for TINY, key names and shapes as timm's ResNetV2 / ViT."""
     shapes = {
-        "cls_token": (1, 1, H), "pos_embed": (1, 1 + grid * grid, H), "head.weight": (1000, H), "head.bias": (1000,),
-        "patch_embed.proj.weight": (H, 16 * WIDTH, 1, 1), "patch_embed.proj.bias": (H,),
+        "cls_token": (1, 1, H),
+        "pos_embed": (1, 1 + grid * grid, H),
+        "head.weight": (1000, H),
+        "head.bias": (1000,),
+        "patch_embed.proj.weight": (H, 16 * WIDTH, 1, 1),
+        "patch_embed.proj.bias": (H,),
         "patch_embed.backbone.stem.conv.weight": (WIDTH, 3, 7, 7),
-        "patch_embed.backbone.stem.norm.weight": (WIDTH,), "patch_embed.backbone.stem.norm.bias": (WIDTH,),
-        "norm.weight": (H,), "norm.bias": (H,),
+        "patch_embed.backbone.stem.norm.weight": (WIDTH,),
+        "patch_embed.backbone.stem.norm.bias": (WIDTH,),
+        "norm.weight": (H,),
+        "norm.bias": (H,),
     }
     for s, u, cin, cmid, cout in _stages():
         blk = f"patch_embed.backbone.stages.{s}.blocks.{u}."
@@ -165,14 +188,20 @@ def test_npz_loader_google_layout(tmp_path, grid):
     assert set(loaded) == {f"transformer.{n}" for n, _ in net.transformer.named_parameters()}
     p = dict(net.named_parameters())
     res, blk = "transformer.embeddings.hybrid_model.", "transformer.encoder.layer.1."
-    torch.testing.assert_close(p[res + "root.conv.weight"], torch.from_numpy(arrays["conv_root/kernel"].transpose(3, 2, 0, 1)))
+    torch.testing.assert_close(
+        p[res + "root.conv.weight"], torch.from_numpy(arrays["conv_root/kernel"].transpose(3, 2, 0, 1))
+    )
     proj = arrays["block2/unit1/conv_proj/kernel"].transpose(3, 2, 0, 1)
     torch.testing.assert_close(p[res + "body.block2.unit1.downsample.weight"], torch.from_numpy(proj))
     torch.testing.assert_close(p[res + "body.block2.unit2.gn3.bias"], torch.from_numpy(arrays["block2/unit2/gn3/bias"]))
     attn = "Transformer/encoderblock_1/MultiHeadDotProductAttention_1/"
-    torch.testing.assert_close(p[blk + "attn.query.weight"], torch.from_numpy(arrays[attn + "query/kernel"].reshape(H, H).T))
+    torch.testing.assert_close(
+        p[blk + "attn.query.weight"], torch.from_numpy(arrays[attn + "query/kernel"].reshape(H, H).T)
+    )
     torch.testing.assert_close(p[blk + "attn.value.bias"], torch.from_numpy(arrays[attn + "value/bias"].reshape(-1)))
-    torch.testing.assert_close(p[blk + "attn.out.weight"], torch.from_numpy(arrays[attn + "out/kernel"].reshape(H, H).T))
+    torch.testing.assert_close(
+        p[blk + "attn.out.weight"], torch.from_numpy(arrays[attn + "out/kernel"].reshape(H, H).T)
+    )
     dense = arrays["Transformer/encoderblock_1/MlpBlock_3/Dense_1/kernel"].T
     torch.testing.assert_close(p[blk + "ffn.fc2.weight"], torch.from_numpy(dense))
     embed = arrays["embedding/kernel"].transpose(3, 2, 0, 1)
@@ -180,7 +209,9 @@ def test_npz_loader_google_layout(tmp_path, grid):
     posemb = arrays["Transformer/posembed_input/pos_embedding"][0, 1:]  # class token dropped
     if grid != 2:
         posemb = ndimage.zoom(posemb.reshape(grid, grid, H), (2 / grid, 2 / grid, 1), order=1)
-    torch.testing.assert_close(p["transformer.embeddings.position_embeddings"], torch.from_numpy(posemb.reshape(1, 4, H)))
+    torch.testing.assert_close(
+        p["transformer.embeddings.position_embeddings"], torch.from_numpy(posemb.reshape(1, 4, H))
+    )
     assert all(torch.equal(v, net.decoder.state_dict()[k]) for k, v in decoder_before.items())
 
 
@@ -220,12 +251,16 @@ def test_timm_loader(tmp_path, suffix):
     tb = "patch_embed.backbone.stages.1."
     torch.testing.assert_close(p[res + "body.block2.unit2.conv2.weight"], state[tb + "blocks.1.conv2.weight"])
     torch.testing.assert_close(p[res + "body.block2.unit2.gn1.weight"], state[tb + "blocks.1.norm1.weight"])
-    torch.testing.assert_close(p[res + "body.block2.unit1.downsample.weight"], state[tb + "blocks.0.downsample.conv.weight"])
-    torch.testing.assert_close(p[res + "body.block2.unit1.gn_proj.weight"], state[tb + "blocks.0.downsample.norm.weight"])
+    torch.testing.assert_close(
+        p[res + "body.block2.unit1.downsample.weight"], state[tb + "blocks.0.downsample.conv.weight"]
+    )
+    torch.testing.assert_close(
+        p[res + "body.block2.unit1.gn_proj.weight"], state[tb + "blocks.0.downsample.norm.weight"]
+    )
     qkv_w, qkv_b = state["blocks.0.attn.qkv.weight"], state["blocks.0.attn.qkv.bias"]
     for j, name in enumerate(("query", "key", "value")):
-        torch.testing.assert_close(p[f"{blk}attn.{name}.weight"], qkv_w[j * H:(j + 1) * H])
-        torch.testing.assert_close(p[f"{blk}attn.{name}.bias"], qkv_b[j * H:(j + 1) * H])
+        torch.testing.assert_close(p[f"{blk}attn.{name}.weight"], qkv_w[j * H : (j + 1) * H])
+        torch.testing.assert_close(p[f"{blk}attn.{name}.bias"], qkv_b[j * H : (j + 1) * H])
     torch.testing.assert_close(p[blk + "attn.out.weight"], state["blocks.0.attn.proj.weight"])
     torch.testing.assert_close(p[blk + "attention_norm.weight"], state["blocks.0.norm1.weight"])
     torch.testing.assert_close(p[blk + "ffn.fc1.weight"], state["blocks.0.mlp.fc1.weight"])
@@ -244,7 +279,11 @@ def test_timm_loader_missing_key(tmp_path):
 
 
 def test_unreadable_files_raise(tmp_path):
-    for name, loader in (("bad.npz", load_r50_vit_npz), ("bad.pth", load_timm_weights), ("bad.safetensors", load_timm_weights)):
+    for name, loader in (
+        ("bad.npz", load_r50_vit_npz),
+        ("bad.pth", load_timm_weights),
+        ("bad.safetensors", load_timm_weights),
+    ):
         (tmp_path / name).write_bytes(b"not a weights file")
         with pytest.raises(S2S2InputError, match=name.replace(".", r"\.")):
             loader(TransUNet(**TINY), tmp_path / name)

@@ -19,8 +19,6 @@ from s2s2_monai.robustness.corruptions import (
     severity_table_markdown,
 )
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 LEGACY = ("bias_field", "ghosting", "motion", "spike")
 CT = ("gaussian_noise", "resolution", "intensity_shift", "gamma")
 SPACING = (7.3, 7.3, 9.0)  # the phantom's 350 x 350 x 144 mm field of view on a 48 x 48 x 16 grid
@@ -50,7 +48,15 @@ def test_registry_has_every_corruption_with_five_levels():
 @pytest.mark.parametrize("name", list(CORRUPTIONS))
 def test_stronger_level_changes_the_image_more_measured(ct_volume, name):
     """The issue's acceptance test: mean |corrupted - clean|, averaged over 3 seeds, grows strictly with the level."""
-    change = [np.mean([np.abs(corrupt_volume(ct_volume, name, seed, SPACING, severity=s) - ct_volume).mean() for seed in (0, 1, 2)]) for s in SEVERITIES]
+    change = [
+        np.mean(
+            [
+                np.abs(corrupt_volume(ct_volume, name, seed, SPACING, severity=s) - ct_volume).mean()
+                for seed in (0, 1, 2)
+            ]
+        )
+        for s in SEVERITIES
+    ]
     assert np.all(np.diff(change) > 0), f"{name}: mean |change| per level {np.round(change, 4).tolist()}"
     assert change[0] > 1e-3  # level 1 already changes the image
 
@@ -93,25 +99,44 @@ def test_level_3_of_the_scanner_artefacts_is_the_upstream_setting(ct_volume):
     assert CORRUPTIONS["spike"].params(3) == {"intensity": 2.0}  # mean of upstream U(1, 3)
     bias, ghost, motion, spike = (corruption_transform(n) for n in LEGACY)
     assert isinstance(bias, tio.RandomBiasField) and bias.coefficients_range == (-0.5, 0.5) and bias.order == 3
-    assert isinstance(ghost, tio.RandomGhosting) and ghost.intensity_range == (0.75, 0.75) and ghost.num_ghosts_range == (4, 10)
+    assert (
+        isinstance(ghost, tio.RandomGhosting)
+        and ghost.intensity_range == (0.75, 0.75)
+        and ghost.num_ghosts_range == (4, 10)
+    )
     assert ghost.axes == (0, 1, 2)
-    assert isinstance(motion, tio.RandomMotion) and motion.degrees_range == (-30, 30) and motion.translation_range == (-10, 10)
+    assert (
+        isinstance(motion, tio.RandomMotion)
+        and motion.degrees_range == (-30, 30)
+        and motion.translation_range == (-10, 10)
+    )
     assert motion.num_transforms == 2 and motion.centre_scale == 1.0
-    assert isinstance(spike, tio.RandomSpike) and spike.intensity_range == (2.0, 2.0) and spike.num_spikes_range == (1, 1)
+    assert (
+        isinstance(spike, tio.RandomSpike) and spike.intensity_range == (2.0, 2.0) and spike.num_spikes_range == (1, 1)
+    )
     # bias field and motion at level 3 are the upstream transforms, bit for bit
-    for name, upstream in (("bias_field", tio.RandomBiasField()), ("motion", tio.RandomMotion(degrees=30, translation=10))):
-        subject = tio.Subject(image=tio.ScalarImage(tensor=torch.from_numpy(ct_volume)[None], affine=np.diag([*SPACING, 1.0])))
+    for name, upstream in (
+        ("bias_field", tio.RandomBiasField()),
+        ("motion", tio.RandomMotion(degrees=30, translation=10)),
+    ):
+        subject = tio.Subject(
+            image=tio.ScalarImage(tensor=torch.from_numpy(ct_volume)[None], affine=np.diag([*SPACING, 1.0]))
+        )
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(4)
             ref = upstream(subject)["image"].data[0]
         ref = ((ref - ref.min()) / (ref.max() - ref.min())).numpy()
         np.testing.assert_allclose(corrupt_volume(ct_volume, name, 4, SPACING), ref, atol=1e-6)
     # the default severity is 3
-    np.testing.assert_array_equal(corrupt_volume(ct_volume, "spike", 2, SPACING), corrupt_volume(ct_volume, "spike", 2, SPACING, severity=3))
+    np.testing.assert_array_equal(
+        corrupt_volume(ct_volume, "spike", 2, SPACING), corrupt_volume(ct_volume, "spike", 2, SPACING, severity=3)
+    )
     # levels are fixed magnitudes (only direction / position random): the levels do not overlap
     for s in SEVERITIES:
         g, p = CORRUPTIONS["ghosting"].params(s)["intensity"], CORRUPTIONS["spike"].params(s)["intensity"]
-        assert corruption_transform("ghosting", s).intensity_range == (g, g) and corruption_transform("spike", s).intensity_range == (p, p)
+        assert corruption_transform("ghosting", s).intensity_range == (g, g) and corruption_transform(
+            "spike", s
+        ).intensity_range == (p, p)
 
 
 def test_one_seed_is_one_direction_at_every_level(ct_volume):
@@ -121,7 +146,10 @@ def test_one_seed_is_one_direction_at_every_level(ct_volume):
     inside = (ct_volume > 0.5) & (ct_volume < 0.6) & (np.abs(d1) < 0.07)  # no clip at 0 or 1 at either level
     np.testing.assert_allclose(d5[inside], 5 * d1[inside], atol=1e-5)
     assert 0.08 < d5[inside].std() < 0.12  # sigma 0.1 of the window at level 5
-    signs = {np.sign(np.mean((corrupt_volume(ct_volume, "intensity_shift", 9, severity=s) - ct_volume)[inside])) for s in SEVERITIES}
+    signs = {
+        np.sign(np.mean((corrupt_volume(ct_volume, "intensity_shift", 9, severity=s) - ct_volume)[inside]))
+        for s in SEVERITIES
+    }
     assert len(signs) == 1 and 0 not in signs
 
 
@@ -152,12 +180,20 @@ def test_resolution_is_an_anisotropic_thick_slice_average():
 def test_severity_table():
     rows = severity_table()
     assert len(rows) == len(CORRUPTIONS) * len(SEVERITIES)
-    assert [(r["corruption"], r["severity"]) for r in rows[:6]] == [("bias_field", s) for s in SEVERITIES] + [("ghosting", 1)]
-    assert rows[2]["params"] == {"coefficients": 0.5} and rows[2]["implementation"] == "RandomBiasField" and rows[2]["text"] == "c = 0.5"
+    assert [(r["corruption"], r["severity"]) for r in rows[:6]] == [("bias_field", s) for s in SEVERITIES] + [
+        ("ghosting", 1)
+    ]
+    assert (
+        rows[2]["params"] == {"coefficients": 0.5}
+        and rows[2]["implementation"] == "RandomBiasField"
+        and rows[2]["text"] == "c = 0.5"
+    )
     md = severity_table_markdown().strip().splitlines()
     assert len(md) == 2 + len(CORRUPTIONS) and all(line.count("|") == md[0].count("|") for line in md)
     assert all(f"`{n}`" in severity_table_markdown() for n in CORRUPTIONS)
-    assert CORRUPTIONS["motion"][0].startswith("RandomMotion") and CORRUPTIONS["motion"][1]["degrees"] == 30  # legacy tuple access
+    assert (
+        CORRUPTIONS["motion"][0].startswith("RandomMotion") and CORRUPTIONS["motion"][1]["degrees"] == 30
+    )  # legacy tuple access
 
 
 @pytest.mark.parametrize("severity", [0, 6, -1, 2.5, True, "3", None])
@@ -169,6 +205,13 @@ def test_bad_severity(severity):
 
 
 def test_unknown_corruption():
-    for call in (lambda: corrupt_volume(np.zeros((8, 8, 4), np.float32), "blur", 0), lambda: corruption_transform("blur"), lambda: get_corruption("Motion")):
-        with pytest.raises(S2S2InputError, match="unknown corruption.*bias_field, ghosting, motion, spike, gaussian_noise, resolution, intensity_shift, gamma"):
+    for call in (
+        lambda: corrupt_volume(np.zeros((8, 8, 4), np.float32), "blur", 0),
+        lambda: corruption_transform("blur"),
+        lambda: get_corruption("Motion"),
+    ):
+        with pytest.raises(
+            S2S2InputError,
+            match="unknown corruption.*bias_field, ghosting, motion, spike, gaussian_noise, resolution, intensity_shift, gamma",
+        ):
             call()

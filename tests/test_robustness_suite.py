@@ -17,9 +17,6 @@ from s2s2_monai.robustness.corruptions import corruption_transform
 BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "synapse"
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
-
 def _volume():
     x, y, z = np.meshgrid(np.linspace(-1, 1, 32), np.linspace(-1, 1, 32), np.linspace(-1, 1, 8), indexing="ij")
     return (0.2 + 0.6 * ((x**2 + y**2) < 0.5) + 0.1 * x).astype(np.float32)
@@ -50,7 +47,11 @@ def test_corruption_leaves_the_global_rng_alone_and_uses_upstream_settings():
     import torchio as tio
 
     motion = corruption_transform("motion")
-    assert isinstance(motion, tio.RandomMotion) and motion.degrees_range == (-30, 30) and motion.translation_range == (-10, 10)
+    assert (
+        isinstance(motion, tio.RandomMotion)
+        and motion.degrees_range == (-30, 30)
+        and motion.translation_range == (-10, 10)
+    )
     assert isinstance(corruption_transform("bias_field"), tio.RandomBiasField)
     assert isinstance(corruption_transform("ghosting"), tio.RandomGhosting)
     assert isinstance(corruption_transform("spike"), tio.RandomSpike)
@@ -91,7 +92,9 @@ class _ThresholdNet(torch.nn.Module):
 
 def test_robustness_report_lists_every_corruption(tiny_demo, tmp_path):
     out = tmp_path / "rob"
-    res = robustness_evaluation(_ThresholdNet(), tiny_demo, out, section="test", copies=2, seed=0, n_boot=50, progress=False)
+    res = robustness_evaluation(
+        _ThresholdNet(), tiny_demo, out, section="test", copies=2, seed=0, n_boot=50, progress=False
+    )
     names = ["clean", *CORRUPTIONS]
     summary = json.loads((out / "summary.json").read_text())
     assert list(summary["methods"]) == names
@@ -132,17 +135,68 @@ def test_cli_runs_a_cooperative_bundle_checkpoint(tiny_demo, tmp_path, capsys):
     net = CooperativeNet(1, 9, channels=(4, 8, 8))
     ckpt = tmp_path / "model.pt"
     torch.save({"network": net.state_dict()}, ckpt)
-    args = ["robustness", "--bundle", str(BUNDLE), "--config", "train.json", "--config", "cooperative.json", "--ckpt", str(ckpt), "--datalist", str(tiny_demo), "--out", str(tmp_path / "r"), "--copies", "1", "--corruption", "spike", "--corruption", "ghosting", "--set", "cooperative_channels=[4,8,8]", "--input-size", "48", "48", "--bootstrap", "20", "--no-progress", "--device", "cpu"]
+    args = [
+        "robustness",
+        "--bundle",
+        str(BUNDLE),
+        "--config",
+        "train.json",
+        "--config",
+        "cooperative.json",
+        "--ckpt",
+        str(ckpt),
+        "--datalist",
+        str(tiny_demo),
+        "--out",
+        str(tmp_path / "r"),
+        "--copies",
+        "1",
+        "--corruption",
+        "spike",
+        "--corruption",
+        "ghosting",
+        "--set",
+        "cooperative_channels=[4,8,8]",
+        "--input-size",
+        "48",
+        "48",
+        "--bootstrap",
+        "20",
+        "--no-progress",
+        "--device",
+        "cpu",
+    ]
     assert main(args) == 0
     text = capsys.readouterr().out
     assert "spike" in text and "ghosting" in text and "clean" in text
     assert list(json.loads((tmp_path / "r" / "robustness.json").read_text())["dice"]) == ["clean", "spike", "ghosting"]
-    loaded, settings = load_bundle_network(BUNDLE, ckpt, ["train.json", "cooperative.json"], {"cooperative_channels": [4, 8, 8]})
-    assert isinstance(loaded, CooperativeNet) and settings["label_map"] == "synapse" and settings["input_size"] == [224, 224]
+    loaded, settings = load_bundle_network(
+        BUNDLE, ckpt, ["train.json", "cooperative.json"], {"cooperative_channels": [4, 8, 8]}
+    )
+    assert (
+        isinstance(loaded, CooperativeNet)
+        and settings["label_map"] == "synapse"
+        and settings["input_size"] == [224, 224]
+    )
     for k, v in net.state_dict().items():
         torch.testing.assert_close(loaded.state_dict()[k], v)
     # wrong architecture -> one error line, exit 2
     bad = [a for a in args if a not in ("--set", "cooperative_channels=[4,8,8]")]
     assert main(bad) == 2
     assert "do not fit the bundle's network_def" in capsys.readouterr().err
-    assert main(["robustness", "--bundle", str(tmp_path / "nope"), "--ckpt", str(ckpt), "--datalist", str(tiny_demo), "--out", str(tmp_path / "x")]) == 2
+    assert (
+        main(
+            [
+                "robustness",
+                "--bundle",
+                str(tmp_path / "nope"),
+                "--ckpt",
+                str(ckpt),
+                "--datalist",
+                str(tiny_demo),
+                "--out",
+                str(tmp_path / "x"),
+            ]
+        )
+        == 2
+    )

@@ -56,7 +56,10 @@ def test_build_covers_every_training_slice(reference, tiny_demo):
     from s2s2_monai.data.slices import VolumeCache
 
     vol = VolumeCache(tiny_demo, "training", progress=False)
-    case_id, z, key = max(manifest["slices"], key=lambda r: len(np.unique(vol.cases[[c.case_id for c in vol.cases].index(r[0])].label[:, :, r[1]])))
+    case_id, z, key = max(
+        manifest["slices"],
+        key=lambda r: len(np.unique(vol.cases[[c.case_id for c in vol.cases].index(r[0])].label[:, :, r[1]])),
+    )
     mask = vol.cases[[c.case_id for c in vol.cases].index(case_id)].label[:, :, z]
     member = cache.read_member(key, 0)
     assert member.shape == mask.shape == (48, 48)
@@ -101,7 +104,22 @@ def test_rebuild_reuses_repairs_corruption_and_never_reuses_stale_settings(refer
 def test_kill_minus_9_then_resume_is_bit_identical(reference, tiny_demo, tmp_path):
     ref_out, ref = reference
     out = tmp_path / "stack"
-    cmd = [sys.executable, "-m", "s2s2_monai", "stack", "build", "--datalist", str(tiny_demo), "--out", str(out), "--n", str(N), "--batch-size", "2", "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "s2s2_monai",
+        "stack",
+        "build",
+        "--datalist",
+        str(tiny_demo),
+        "--out",
+        str(out),
+        "--n",
+        str(N),
+        "--batch-size",
+        "2",
+        "--no-progress",
+    ]
     # 1) killed after the 5th entry's temporary file is written, before its rename
     r = subprocess.run(cmd, env={**_env(), "S2S2_STACK_KILL_AT": "tmp:5"}, capture_output=True, text=True, timeout=120)
     assert r.returncode == -9, r.stderr[-2000:]
@@ -109,7 +127,9 @@ def test_kill_minus_9_then_resume_is_bit_identical(reference, tiny_demo, tmp_pat
     assert len(cache.temp_files()) == 1 and len(cache.stored_keys()) == 4
     assert all(cache.check_entry(k) == "ok" for k in cache.stored_keys())  # only whole entries
     # 2) resumed, and killed again right after 3 more entries
-    r = subprocess.run(cmd, env={**_env(), "S2S2_STACK_KILL_AT": "entry:3"}, capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        cmd, env={**_env(), "S2S2_STACK_KILL_AT": "entry:3"}, capture_output=True, text=True, timeout=120
+    )
     assert r.returncode == -9, r.stderr[-2000:]
     assert len(StackCache(out).stored_keys()) == 7
     # 3) resumed to the end (in this process: same code path as the CLI, without a second start-up)
@@ -123,7 +143,25 @@ def test_kill_minus_9_then_resume_is_bit_identical(reference, tiny_demo, tmp_pat
 def test_torchrun_two_processes_gloo(reference, tiny_demo, tmp_path):
     _, ref = reference
     out = tmp_path / "stack"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "s2s2_monai", "stack", "build", "--datalist", str(tiny_demo), "--out", str(out), "--members", str(N), "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "s2s2_monai",
+        "stack",
+        "build",
+        "--datalist",
+        str(tiny_demo),
+        "--out",
+        str(out),
+        "--members",
+        str(N),
+        "--no-progress",
+    ]
     r = subprocess.run(cmd, env={**_env(), "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=240)
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     assert f"digest {ref['digest']}" in r.stdout
@@ -172,7 +210,21 @@ def test_cli_exit_codes(reference, tmp_path, capsys):
     assert main(["stack", "info", str(tmp_path)]) == 2  # not a cache: one error line, exit 2
     assert "not a stack cache" in capsys.readouterr().err
     assert main(["stack", "build", "--datalist", str(tmp_path / "none.json"), "--out", str(tmp_path / "s")]) == 2
-    assert main(["stack", "build", "--datalist", str(tmp_path / "none.json"), "--out", str(tmp_path / "s"), "--generator", "diffusion"]) == 2
+    assert (
+        main(
+            [
+                "stack",
+                "build",
+                "--datalist",
+                str(tmp_path / "none.json"),
+                "--out",
+                str(tmp_path / "s"),
+                "--generator",
+                "diffusion",
+            ]
+        )
+        == 2
+    )
     broken = tmp_path / "broken"
     shutil.copytree(out, broken)
     next((broken / "entries").glob("*/*.stk")).unlink()
@@ -190,7 +242,9 @@ class _BatchSensitive(StackGenerator):
 
     def generate(self, masks, prompts, seeds, n):
         tweak = (sum(seeds) % 97) / 97.0 * 0.5
-        return np.broadcast_to(masks[:, None].astype(np.float32) / 16.0 + tweak, (len(masks), n, *masks.shape[1:])).copy()
+        return np.broadcast_to(
+            masks[:, None].astype(np.float32) / 16.0 + tweak, (len(masks), n, *masks.shape[1:])
+        ).copy()
 
 
 def test_interrupted_batched_build_regroups_identically(tiny_demo, tmp_path):
@@ -201,6 +255,8 @@ def test_interrupted_batched_build_regroups_identically(tiny_demo, tmp_path):
     entries = sorted(p for p in part.rglob("*") if p.is_file() and p.parent != part)
     for p in entries[1::2]:  # as if the build had been killed with every other entry missing
         p.unlink()
-    summary = build_stack(tiny_demo, part, _BatchSensitive(), n=2, batch_size=3, progress=False, qc=False, contact_sheet=False)
+    summary = build_stack(
+        tiny_demo, part, _BatchSensitive(), n=2, batch_size=3, progress=False, qc=False, contact_sheet=False
+    )
     assert summary["generated"] == len(entries[1::2]) > 0
     assert StackCache(part).info(full=True)["digest"] == StackCache(full).info(full=True)["digest"]

@@ -31,7 +31,15 @@ def _members(seed: int, n: int = 4, shape=(24, 20)) -> np.ndarray:
 
 
 def _manifest(cache: StackCache, keys: list[str]) -> None:
-    cache.write_manifest({**SPEC, "label_map": "synapse", "modality": "CT", "unit": [0.0, 1.0], "slices": [["c", i, k] for i, k in enumerate(keys)]})
+    cache.write_manifest(
+        {
+            **SPEC,
+            "label_map": "synapse",
+            "modality": "CT",
+            "unit": [0.0, 1.0],
+            "slices": [["c", i, k] for i, k in enumerate(keys)],
+        }
+    )
 
 
 # ---------------------------------------------------------------------------- format
@@ -198,7 +206,9 @@ def test_peri_organ_band():
 
 
 def test_appearance_generator_statistics_determinism_and_batch_independence():
-    gen = AppearanceGenerator.from_slices(({"image": i, "label": y} for i, y in _toy_pairs()), modality="CT", min_pixels=4)
+    gen = AppearanceGenerator.from_slices(
+        ({"image": i, "label": y} for i, y in _toy_pairs()), modality="CT", min_pixels=4
+    )
     assert set(gen.stats) == {"0", "1", "2", str(PERI_ORGAN)}
     mask = _toy_pairs()[0][1]
     imgs = gen.generate(mask[None], ["p"], [11], 64)[0]
@@ -223,7 +233,9 @@ def test_appearance_generator_statistics_determinism_and_batch_independence():
     assert not np.array_equal(batch[0], gen.generate(masks[:1], ["a"], [99], 4)[0])
     # statistics are part of the settings (and so of the cache key)
     other = AppearanceGenerator({**gen.stats, "1": {**gen.stats["1"], "mean": 0.1}})
-    assert other.settings() != gen.settings() and entry_key(mask, "p", {**SPEC, "settings": other.settings()}) != entry_key(mask, "p", {**SPEC, "settings": gen.settings()})
+    assert other.settings() != gen.settings() and entry_key(
+        mask, "p", {**SPEC, "settings": other.settings()}
+    ) != entry_key(mask, "p", {**SPEC, "settings": gen.settings()})
     with pytest.raises(ValueError):
         AppearanceGenerator({})
 
@@ -271,7 +283,9 @@ def test_failing_members_are_regenerated_with_new_seeds_or_flagged():
     fixed, records = check_and_regenerate(gen, mask, "p", 30, first, qb)
     assert [r["attempts"] == 0 for r in records] == [qb.passes(f, mask) for f in first]
     for m, r in enumerate(records):
-        expected_attempts = next(a for a in range(7) if a == 0 and (30 + m) % 3 == 0 or a > 0 and retry_seed(30, m, a) % 3 == 0)
+        expected_attempts = next(
+            a for a in range(7) if a == 0 and (30 + m) % 3 == 0 or a > 0 and retry_seed(30, m, a) % 3 == 0
+        )
         assert r == {"pass": True, "attempts": expected_attempts}
         assert qb.passes(fixed[m], mask)
     again, records2 = check_and_regenerate(gen, mask, "p", 30, first, qb)

@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -34,25 +33,13 @@ from s2s2_monai.stack.sd_folder import (
     load_sd_components,
 )
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from tiny_diffusers import tiny_sd_folders  # noqa: E402
-
 RES = 16  # generation / training size for the tests (tiny VAE x UNet downsample by 4)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models are op-overhead bound: one intra-op thread is faster, and far faster on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """(sd_dir, controlnet_dir) of the tiny seeded models."""
-    return tiny_sd_folders(tmp_path_factory.mktemp("tiny_diffusers"))
+def tiny(tiny_sd):
+    """(sd_dir, controlnet_dir) of the tiny seeded models (session fixture ``tiny_sd`` in conftest)."""
+    return tiny_sd
 
 
 def _train_config(**kw):
@@ -68,7 +55,17 @@ def _train_config(**kw):
 
 def test_voc_palette_matches_published_colours():
     # PASCAL VOC devkit colours (VOCdevkit/VOCcode/VOClabelcolormap.m)
-    ref = {0: (0, 0, 0), 1: (128, 0, 0), 2: (0, 128, 0), 3: (128, 128, 0), 4: (0, 0, 128), 5: (128, 0, 128), 8: (64, 0, 0), 15: (192, 128, 128), 20: (0, 64, 128)}
+    ref = {
+        0: (0, 0, 0),
+        1: (128, 0, 0),
+        2: (0, 128, 0),
+        3: (128, 128, 0),
+        4: (0, 0, 128),
+        5: (128, 0, 128),
+        8: (64, 0, 0),
+        15: (192, 128, 128),
+        20: (0, 64, 128),
+    }
     pal = voc_palette()
     assert pal.shape == (256, 3) and pal.dtype == np.uint8
     for cid, rgb in ref.items():
@@ -240,7 +237,9 @@ def test_training_examples_match_generation_inputs(tiny_demo):
         px = item["pixel_values"]
         assert px.shape == (3, RES, RES) and float(px.min()) >= -1.0 and float(px.max()) <= 1.0
         assert torch.equal(px[0], px[2])
-        expected = resize_images(torch.from_numpy(raw["image"].numpy().clip(0, 1))[None], (RES, RES)).clamp(0, 1)[0, 0] * 2 - 1
+        expected = (
+            resize_images(torch.from_numpy(raw["image"].numpy().clip(0, 1))[None], (RES, RES)).clamp(0, 1)[0, 0] * 2 - 1
+        )
         torch.testing.assert_close(px[0], expected)
     assert any("liver" in ds[i]["prompt"] for i in range(len(ds)))
 
@@ -248,7 +247,9 @@ def test_training_examples_match_generation_inputs(tiny_demo):
 def _manual_loss(parts, controlnet, scheduler, batch, seed):
     """Independent re-computation of the ControlNet training loss (epsilon or v target)."""
     g = torch.Generator().manual_seed(seed)
-    ids = parts.tokenizer(list(batch["prompt"]), padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+    ids = parts.tokenizer(
+        list(batch["prompt"]), padding="max_length", max_length=77, truncation=True, return_tensors="pt"
+    ).input_ids
     with torch.no_grad():
         dist = parts.vae.encode(batch["pixel_values"]).latent_dist
         x0 = (dist.mean + dist.std * torch.randn(dist.mean.shape, generator=g)) * parts.vae.config.scaling_factor
@@ -257,8 +258,16 @@ def _manual_loss(parts, controlnet, scheduler, batch, seed):
         t = torch.randint(0, scheduler.config.num_train_timesteps, (x0.shape[0],), generator=g)
         abar = scheduler.alphas_cumprod[t].view(-1, 1, 1, 1)
         noisy = abar.sqrt() * x0 + (1 - abar).sqrt() * eps
-        down, mid = controlnet(noisy, t, encoder_hidden_states=text, controlnet_cond=batch["conditioning"], return_dict=False)
-        pred = parts.unet(noisy, t, encoder_hidden_states=text, down_block_additional_residuals=down, mid_block_additional_residual=mid).sample
+        down, mid = controlnet(
+            noisy, t, encoder_hidden_states=text, controlnet_cond=batch["conditioning"], return_dict=False
+        )
+        pred = parts.unet(
+            noisy,
+            t,
+            encoder_hidden_states=text,
+            down_block_additional_residuals=down,
+            mid_block_additional_residual=mid,
+        ).sample
     target = eps if scheduler.config.prediction_type == "epsilon" else abar.sqrt() * eps - (1 - abar).sqrt() * x0
     return float(((pred - target) ** 2).mean())
 
@@ -288,7 +297,9 @@ def test_controlnet_loss_matches_hand_computation(tiny, tiny_demo, tmp_path, pre
         for p in controlnet.controlnet_down_blocks.parameters():
             p.normal_(0, 0.05)
     dl = load_datalist(tiny_demo)
-    ds = ControlNetSliceDataset(SliceDataset(VolumeCache(dl, "training", progress=False)), dl.label_map, UnitIntensity(), RES)
+    ds = ControlNetSliceDataset(
+        SliceDataset(VolumeCache(dl, "training", progress=False)), dl.label_map, UnitIntensity(), RES
+    )
     batch = default_collate([ds[i] for i in (1, 4, 6)])
     with torch.no_grad():
         got = float(controlnet_loss(parts, controlnet, scheduler, batch, torch.Generator().manual_seed(11)))
@@ -308,7 +319,14 @@ def test_finetune_overfits_and_writes_loadable_controlnet(tiny, tiny_demo, tmp_p
 
     sd, _ = tiny
     steps = []
-    result = train_controlnet(sd, tiny_demo, tmp_path / "run", _train_config(max_steps=24, checkpoint_every=10, lr=3e-3), progress=False, callback=lambda s, _loss: steps.append(s))
+    result = train_controlnet(
+        sd,
+        tiny_demo,
+        tmp_path / "run",
+        _train_config(max_steps=24, checkpoint_every=10, lr=3e-3),
+        progress=False,
+        callback=lambda s, _loss: steps.append(s),
+    )
     assert result.steps == 24 and steps == list(range(1, 25)) and len(result.losses) == 24
     assert json.loads((tmp_path / "run" / "losses.json").read_text()) == result.losses
     trained = ControlNetModel.from_pretrained(result.controlnet_dir, local_files_only=True)
@@ -319,13 +337,17 @@ def test_finetune_overfits_and_writes_loadable_controlnet(tiny, tiny_demo, tmp_p
     parts = load_sd_components(sd)
     sched = parts.scheduler(DDPMScheduler)
     dl = load_datalist(tiny_demo)
-    ds = ControlNetSliceDataset(SliceDataset(VolumeCache(dl, "training", progress=False)), dl.label_map, UnitIntensity(), RES)
+    ds = ControlNetSliceDataset(
+        SliceDataset(VolumeCache(dl, "training", progress=False)), dl.label_map, UnitIntensity(), RES
+    )
     batch = default_collate([ds[i] for i in range(len(ds))])
     initial = controlnet_from_unet(parts.unet, parts.vae)
 
     def mean_loss(model):
         with torch.no_grad():
-            return np.mean([float(controlnet_loss(parts, model, sched, batch, torch.Generator().manual_seed(s))) for s in range(3)])
+            return np.mean(
+                [float(controlnet_loss(parts, model, sched, batch, torch.Generator().manual_seed(s))) for s in range(3)]
+            )
 
     before, after = mean_loss(initial), mean_loss(trained)
     assert after < 0.9 * before, (before, after)
@@ -354,7 +376,14 @@ def test_resume_after_interruption_gives_the_uninterrupted_result(tiny, tiny_dem
     with pytest.raises(S2S2InputError, match="--resume"):
         train_controlnet(sd, tiny_demo, tmp_path / "cut", cfg, progress=False)
     with pytest.raises(S2S2InputError, match="different lr"):
-        train_controlnet(sd, tiny_demo, tmp_path / "cut", _train_config(max_steps=5, grad_accum=2, batch_size=3, checkpoint_every=2, lr=1e-4), resume=True, progress=False)
+        train_controlnet(
+            sd,
+            tiny_demo,
+            tmp_path / "cut",
+            _train_config(max_steps=5, grad_accum=2, batch_size=3, checkpoint_every=2, lr=1e-4),
+            resume=True,
+            progress=False,
+        )
     res = train_controlnet(sd, tiny_demo, tmp_path / "cut", cfg, resume=True, progress=False)
     assert res.resumed_from == 2 and res.steps == 5
     assert res.losses == ref.losses
@@ -398,11 +427,37 @@ def test_cli_resume_after_kill(tiny, tiny_demo, tmp_path):
     from s2s2_monai.stack.finetune import train_controlnet
 
     sd, _ = tiny
-    args = ["controlnet", "train", "--sd-dir", str(sd), "--datalist", str(tiny_demo), "--epochs", "50", "--batch-size", "4",
-            "--lr", "1e-3", "--resolution", str(RES), "--seed", "3", "--checkpoint-every", "1", "--max-steps", "6", "--quiet"]
+    args = [
+        "controlnet",
+        "train",
+        "--sd-dir",
+        str(sd),
+        "--datalist",
+        str(tiny_demo),
+        "--epochs",
+        "50",
+        "--batch-size",
+        "4",
+        "--lr",
+        "1e-3",
+        "--resolution",
+        str(RES),
+        "--seed",
+        "3",
+        "--checkpoint-every",
+        "1",
+        "--max-steps",
+        "6",
+        "--quiet",
+    ]
     out = tmp_path / "killed"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # same thread count as this process: same rounding
-    proc = subprocess.Popen([sys.executable, "-m", "s2s2_monai", *args, "--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "s2s2_monai", *args, "--out", str(out)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
     try:
         deadline = time.time() + 120
         while not (out / "checkpoints" / "step-00000002").exists() and proc.poll() is None and time.time() < deadline:
@@ -412,7 +467,9 @@ def test_cli_resume_after_kill(tiny, tiny_demo, tmp_path):
         proc.wait()
     assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
     assert main([*args, "--out", str(out), "--resume"]) == 0
-    ref = train_controlnet(sd, tiny_demo, tmp_path / "ref", _train_config(max_steps=6, checkpoint_every=1), progress=False)
+    ref = train_controlnet(
+        sd, tiny_demo, tmp_path / "ref", _train_config(max_steps=6, checkpoint_every=1), progress=False
+    )
     a = load_file(ref.controlnet_dir / "diffusion_pytorch_model.safetensors")
     b = load_file(out / "controlnet" / "diffusion_pytorch_model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -422,7 +479,18 @@ def test_cli_resume_after_kill(tiny, tiny_demo, tmp_path):
 def test_cli_reports_bad_input_in_one_line(tiny_demo, tmp_path, capsys):
     from s2s2_monai.cli import main
 
-    rc = main(["controlnet", "train", "--sd-dir", str(tmp_path / "nosd"), "--datalist", str(tiny_demo), "--out", str(tmp_path / "o")])
+    rc = main(
+        [
+            "controlnet",
+            "train",
+            "--sd-dir",
+            str(tmp_path / "nosd"),
+            "--datalist",
+            str(tiny_demo),
+            "--out",
+            str(tmp_path / "o"),
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert rc == 2 and err.startswith("error:") and "\n" not in err and "model_index.json" in err
 
@@ -436,7 +504,9 @@ def trained_controlnet(tiny, tiny_demo, tmp_path_factory):
     from s2s2_monai.stack.finetune import train_controlnet
 
     sd, _ = tiny
-    return train_controlnet(sd, tiny_demo, tmp_path_factory.mktemp("cn"), _train_config(max_steps=6, lr=3e-2), progress=False).controlnet_dir
+    return train_controlnet(
+        sd, tiny_demo, tmp_path_factory.mktemp("cn"), _train_config(max_steps=6, lr=3e-2), progress=False
+    ).controlnet_dir
 
 
 def _masks():
@@ -480,7 +550,10 @@ def test_diffusion_generator_stack(tiny, trained_controlnet):
     shifted = np.roll(masks[:1], 12, axis=2)
     assert np.abs(gen.generate(shifted, prompts[:1], seeds[:1], n=1) - out[:1, :1]).max() > 1e-3
     untrained = DiffusionGenerator(sd, tiny[1], resolution=RES, steps=4, batch_size=1, progress=False)
-    np.testing.assert_array_equal(untrained.generate(shifted, prompts[:1], seeds[:1], n=1), untrained.generate(masks[:1], prompts[:1], seeds[:1], n=1))
+    np.testing.assert_array_equal(
+        untrained.generate(shifted, prompts[:1], seeds[:1], n=1),
+        untrained.generate(masks[:1], prompts[:1], seeds[:1], n=1),
+    )
     with pytest.raises(ValueError, match="one prompt and one seed per mask"):
         gen.generate(masks, prompts[:2], seeds, n=1)
     with pytest.raises(ValueError, match="does not define"):
@@ -512,6 +585,9 @@ def test_diffusion_generator_settings(tiny, trained_controlnet):
     assert a["guidance_scale"] == 9.0 and a["eta"] == 0.0 and a["dtype"] == "float32"
     assert DiffusionGenerator(sd, trained_controlnet, resolution=RES, steps=3, progress=False).settings() == a
     assert DiffusionGenerator(sd, trained_controlnet, resolution=RES, steps=4, progress=False).settings() != a
-    assert DiffusionGenerator(sd, cn0, resolution=RES, steps=3, progress=False).settings()["controlnet_digest"] != a["controlnet_digest"]
+    assert (
+        DiffusionGenerator(sd, cn0, resolution=RES, steps=3, progress=False).settings()["controlnet_digest"]
+        != a["controlnet_digest"]
+    )
     with pytest.raises(ValueError, match="multiple of 4"):
         DiffusionGenerator(sd, trained_controlnet, resolution=18, progress=False)

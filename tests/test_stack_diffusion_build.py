@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import torch
-from tiny_diffusers import tiny_sd_folders  # tests/ is on sys.path (pytest rootdir-less test modules)
 
 from s2s2_monai.cli import main
 from s2s2_monai.data.slices import SliceDataset
@@ -13,11 +11,12 @@ from s2s2_monai.stack.cache import StackCache
 from s2s2_monai.stack.pairs import StackPairDataset
 
 
-def test_diffusion_stack_build_verify_and_pairs(tiny_demo, tmp_path):
-    torch.set_num_threads(1)
-    sd, cn = tiny_sd_folders(tmp_path / "models")
+def test_diffusion_stack_build_verify_and_pairs(tiny_demo, tiny_sd, tmp_path):
+    sd, cn = tiny_sd
     out = tmp_path / "stack"
-    args = dict(generator="diffusion", sd_dir=sd, controlnet_dir=cn, resolution=16, n=2, batch_size=4, progress=False, qc=False)
+    args = dict(
+        generator="diffusion", sd_dir=sd, controlnet_dir=cn, resolution=16, n=2, batch_size=4, progress=False, qc=False
+    )
     first = build_stack(tiny_demo, out, **args)
     assert first["generated"] == first["entries"] > 0 and first["bytes_per_pixel"] <= 1.0
     again = build_stack(tiny_demo, out, **args)

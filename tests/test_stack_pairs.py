@@ -82,7 +82,15 @@ def test_shared_random_affine_keeps_x1_aligned(volumes, painted):
     aug = Compose(
         [
             RandFlipd(KEYS, prob=0.5, spatial_axis=0),
-            RandAffined(KEYS, prob=1.0, rotate_range=0.5, translate_range=(6, 6), scale_range=0.2, mode="nearest", padding_mode="zeros"),
+            RandAffined(
+                KEYS,
+                prob=1.0,
+                rotate_range=0.5,
+                translate_range=(6, 6),
+                scale_range=0.2,
+                mode="nearest",
+                padding_mode="zeros",
+            ),
         ]
     )
     ds = StackPairDataset(SliceDataset(volumes), painted, transform=aug)
@@ -117,7 +125,9 @@ def test_mri_stacks_are_mapped_back_to_z_scores(tiny_demo, tmp_path):
     item = StackPairDataset(SliceDataset(vol), tmp_path / "s")[3]
     lo, hi = StackCache(tmp_path / "s").manifest["unit"]
     assert (lo, hi) == (-3.0, 5.0)
-    torch.testing.assert_close(item["image_stack"], (16 * item["label"] + item["member"]) / 255 * 8 - 3, atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        item["image_stack"], (16 * item["label"] + item["member"]) / 255 * 8 - 3, atol=1e-5, rtol=0
+    )
 
 
 def test_missing_entry_names_case_and_slice(volumes, painted, tmp_path):

@@ -18,15 +18,31 @@ from s2s2_monai.training.taps import (
     unwrap_network,
 )
 
-torch.set_num_threads(1)
-
-
 _BUILDERS = {
     "basic_unet": (lambda: BasicUNet(2, 1, 3, features=(4, 4, 8, 8, 16, 4)), "final_conv"),
-    "unetr": (lambda: UNETR(1, 3, img_size=(32, 32), spatial_dims=2, feature_size=4, hidden_size=32, mlp_dim=64, num_heads=2), "out"),
-    "swin_unetr": (lambda: SwinUNETR(in_channels=1, out_channels=3, spatial_dims=2, feature_size=12, depths=(1, 1, 1, 1)), "out"),
+    "unetr": (
+        lambda: UNETR(1, 3, img_size=(32, 32), spatial_dims=2, feature_size=4, hidden_size=32, mlp_dim=64, num_heads=2),
+        "out",
+    ),
+    "swin_unetr": (
+        lambda: SwinUNETR(in_channels=1, out_channels=3, spatial_dims=2, feature_size=12, depths=(1, 1, 1, 1)),
+        "out",
+    ),
     "segresnet": (lambda: SegResNet(spatial_dims=2, in_channels=1, out_channels=3, init_filters=8), "conv_final"),
-    "transunet": (lambda: TransUNet(1, 3, img_size=32, hidden_size=32, num_layers=1, num_heads=2, mlp_dim=64, block_units=(1, 1, 1), width_factor=0.5), "segmentation_head"),
+    "transunet": (
+        lambda: TransUNet(
+            1,
+            3,
+            img_size=32,
+            hidden_size=32,
+            num_layers=1,
+            num_heads=2,
+            mlp_dim=64,
+            block_units=(1, 1, 1),
+            width_factor=0.5,
+        ),
+        "segmentation_head",
+    ),
 }
 
 

@@ -14,8 +14,6 @@ from monai.networks.nets import BasicUNet
 from s2s2_monai.training.handlers import ConsistencyHandler, loss_terms
 from s2s2_monai.training.trainer import S2S2Trainer
 
-torch.set_num_threads(1)
-
 ENC, DEC = "down_4", "upcat_1"
 
 
@@ -28,7 +26,10 @@ def _batches(n=2, stack=True):
     g = torch.Generator().manual_seed(1)
     out = []
     for _ in range(n):
-        b = {"image": torch.randn(2, 1, 32, 32, generator=g), "label": torch.randint(0, 3, (2, 1, 32, 32), generator=g).float()}
+        b = {
+            "image": torch.randn(2, 1, 32, 32, generator=g),
+            "label": torch.randint(0, 3, (2, 1, 32, 32), generator=g).float(),
+        }
         x1 = torch.randn(2, 1, 32, 32, generator=g)
         if stack:
             b["image_stack"] = x1
@@ -42,8 +43,17 @@ def _loss():
 
 def _trainer(net, data, handlers=(), cls=S2S2Trainer, lr=0.1, momentum=0.0, **kw):
     opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=momentum)
-    return cls(device="cpu", max_epochs=1, train_data_loader=data, network=net, optimizer=opt, loss_function=_loss(),
-               train_handlers=list(handlers), decollate=False, **kw)
+    return cls(
+        device="cpu",
+        max_epochs=1,
+        train_data_loader=data,
+        network=net,
+        optimizer=opt,
+        loss_function=_loss(),
+        train_handlers=list(handlers),
+        decollate=False,
+        **kw,
+    )
 
 
 def _manual_loss(net, batch, a_enc, a_dec):
@@ -74,7 +84,10 @@ def test_handlers_give_exactly_the_manual_loss_and_gradient():
     handlers = [ConsistencyHandler(ENC, alpha=0.7, name="enc"), ConsistencyHandler(DEC, alpha=0.3, name="dec")]
     trainer = _trainer(net, [batch], handlers)
     seen = {}
-    trainer.add_event_handler(IterationEvents.BACKWARD_COMPLETED, lambda e: seen.update(grads=_grads(e.network), loss=e.state.output["loss"].item()))
+    trainer.add_event_handler(
+        IterationEvents.BACKWARD_COMPLETED,
+        lambda e: seen.update(grads=_grads(e.network), loss=e.state.output["loss"].item()),
+    )
     trainer.run()
 
     manual = _manual_loss(ref, batch, 0.7, 0.3)
@@ -92,9 +105,14 @@ def test_handlers_give_exactly_the_manual_loss_and_gradient():
 def test_handlers_change_the_gradient_only_by_the_consistency_terms():
     batch = _batches(1)[0]
     got = {}
-    for key, handlers in (("plain", []), ("s2s2", [ConsistencyHandler(ENC, 1.0, "enc"), ConsistencyHandler(DEC, 1.0, "dec")])):
+    for key, handlers in (
+        ("plain", []),
+        ("s2s2", [ConsistencyHandler(ENC, 1.0, "enc"), ConsistencyHandler(DEC, 1.0, "dec")]),
+    ):
         trainer = _trainer(_net(), [batch], handlers)
-        trainer.add_event_handler(IterationEvents.BACKWARD_COMPLETED, lambda e, k=key: got.__setitem__(k, _grads(e.network)))
+        trainer.add_event_handler(
+            IterationEvents.BACKWARD_COMPLETED, lambda e, k=key: got.__setitem__(k, _grads(e.network))
+        )
         trainer.run()
     # gradient of the consistency terms alone, by hand
     net = _net()
@@ -141,11 +159,21 @@ def test_two_forward_passes_and_standard_event_order():
     calls, order = [], []
     net.register_forward_hook(lambda m, i, o: calls.append(i[0].data_ptr()))
     trainer = _trainer(net, _batches(1), [ConsistencyHandler(ENC, 1.0, "enc")])
-    for ev in (IterationEvents.FORWARD_COMPLETED, IterationEvents.LOSS_COMPLETED, IterationEvents.BACKWARD_COMPLETED, IterationEvents.MODEL_COMPLETED):
+    for ev in (
+        IterationEvents.FORWARD_COMPLETED,
+        IterationEvents.LOSS_COMPLETED,
+        IterationEvents.BACKWARD_COMPLETED,
+        IterationEvents.MODEL_COMPLETED,
+    ):
         trainer.add_event_handler(ev, lambda e, ev=ev: order.append((ev, sorted(map(str, e.state.output)))))
     trainer.run()
     assert len(calls) == 2 and calls[0] != calls[1]  # x0 then x1, separate passes
-    assert [ev for ev, _ in order] == [IterationEvents.FORWARD_COMPLETED, IterationEvents.LOSS_COMPLETED, IterationEvents.BACKWARD_COMPLETED, IterationEvents.MODEL_COMPLETED]
+    assert [ev for ev, _ in order] == [
+        IterationEvents.FORWARD_COMPLETED,
+        IterationEvents.LOSS_COMPLETED,
+        IterationEvents.BACKWARD_COMPLETED,
+        IterationEvents.MODEL_COMPLETED,
+    ]
     assert "pred_stack" in order[0][1]  # both passes done before FORWARD_COMPLETED
     assert "loss_enc" in order[2][1]  # term added at LOSS_COMPLETED, before backward
 
@@ -182,6 +210,13 @@ def test_tap_firing_more_than_twice_is_an_error():
 
 
 def test_loss_terms_on_decollated_output_and_none():
-    out = [{"loss": torch.tensor(1.5), "loss_enc": torch.tensor(0.25), "pred": torch.zeros(3, 4, 4), "image": torch.zeros(1)}]
+    out = [
+        {
+            "loss": torch.tensor(1.5),
+            "loss_enc": torch.tensor(0.25),
+            "pred": torch.zeros(3, 4, 4),
+            "image": torch.zeros(1),
+        }
+    ]
     assert loss_terms(out) == {"loss": 1.5, "loss_enc": 0.25}
     assert loss_terms(None) is None and loss_terms([]) is None

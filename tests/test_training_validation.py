@@ -21,8 +21,6 @@ from s2s2_monai.training.validation import (
     volume_metrics,
 )
 
-torch.set_num_threads(1)
-
 
 def test_volume_metric_means_over_cases_then_classes():
     m = VolumeMetric("dice")
@@ -49,14 +47,16 @@ def _intensity_classifier(num_classes: int) -> nn.Module:
     net = nn.Conv2d(1, num_classes, 1)
     with torch.no_grad():  # argmax_k -(x - c_k)^2 = argmax_k 2 c_k x - c_k^2
         net.weight.copy_((2 * centres).view(-1, 1, 1, 1))
-        net.bias.copy_(-centres**2)
+        net.bias.copy_(-(centres**2))
     return net
 
 
 def test_evaluator_matches_monai_dice_metric(tiny_demo):
     volumes = VolumeCache(tiny_demo, "validation", progress=False)
     net = _intensity_classifier(9)
-    ev = VolumeEvaluator("cpu", volume_loader(VolumeDataset(volumes)), net, "synapse", additional_metrics=volume_metrics("synapse"))
+    ev = VolumeEvaluator(
+        "cpu", volume_loader(VolumeDataset(volumes)), net, "synapse", additional_metrics=volume_metrics("synapse")
+    )
     ev.run()
     # independent reference: MONAI DiceMetric on the same predictions
     from s2s2_monai.evaluation.inference import predict_volume

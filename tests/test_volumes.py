@@ -37,7 +37,9 @@ def test_reoriented_copy_gives_same_slices(shared_data, tmp_path, codes):
     _reoriented_copy(src_lab, tmp_path / "lab.nii.gz", codes)
     assert nib.aff2axcodes(nib.load(tmp_path / "img.nii.gz").affine) == codes
     a = load_case(src_img, src_lab, intensity=CTWindow(), remap=RemapLabels("totalseg_to_synapse"))
-    b = load_case(tmp_path / "img.nii.gz", tmp_path / "lab.nii.gz", intensity=CTWindow(), remap=RemapLabels("totalseg_to_synapse"))
+    b = load_case(
+        tmp_path / "img.nii.gz", tmp_path / "lab.nii.gz", intensity=CTWindow(), remap=RemapLabels("totalseg_to_synapse")
+    )
     np.testing.assert_array_equal(a.image, b.image)
     np.testing.assert_array_equal(a.label, b.label)
     np.testing.assert_allclose(a.affine, b.affine, atol=1e-4)

@@ -19,7 +19,14 @@ import os
 from functools import lru_cache
 from pathlib import Path
 
-__all__ = ["TINY_RESOLUTION", "prompt_words", "write_tiny_tokenizer", "build_tiny_sd", "build_tiny_controlnet", "tiny_sd_folders"]
+__all__ = [
+    "TINY_RESOLUTION",
+    "prompt_words",
+    "write_tiny_tokenizer",
+    "build_tiny_sd",
+    "build_tiny_controlnet",
+    "tiny_sd_folders",
+]
 
 #: image size the tiny models are meant for (multiple of 2 x 2 = VAE x UNet downsampling)
 TINY_RESOLUTION = 32

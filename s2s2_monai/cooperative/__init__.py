@@ -12,4 +12,13 @@ from s2s2_monai.cooperative.masks import MASK_KINDS, LatentMasker
 from s2s2_monai.cooperative.networks import FTN, STN, CooperativeNet
 from s2s2_monai.cooperative.trainer import CooperativeTrainer
 
-__all__ = ["CooperativeNet", "FTN", "STN", "LatentMasker", "MASK_KINDS", "cooperative_loss", "label_ce", "CooperativeTrainer"]
+__all__ = [
+    "CooperativeNet",
+    "FTN",
+    "STN",
+    "LatentMasker",
+    "MASK_KINDS",
+    "cooperative_loss",
+    "label_ce",
+    "CooperativeTrainer",
+]

@@ -30,7 +30,17 @@ from torch import nn
 from s2s2_monai.cooperative.masks import LatentMasker, frozen
 from s2s2_monai.cooperative.networks import CooperativeNet
 
-__all__ = ["label_ce", "LabelCELoss", "ftn_pass", "STANDARD_TERMS", "HARD_TERMS", "standard_terms", "hard_examples", "hard_terms", "cooperative_loss"]
+__all__ = [
+    "label_ce",
+    "LabelCELoss",
+    "ftn_pass",
+    "STANDARD_TERMS",
+    "HARD_TERMS",
+    "standard_terms",
+    "hard_examples",
+    "hard_terms",
+    "cooperative_loss",
+]
 
 STANDARD_TERMS: tuple[str, ...] = ("seg", "recon", "shape_pred", "shape_gt")
 HARD_TERMS: tuple[str, ...] = ("hard_seg", "hard_recon", "hard_shape_pred", "hard_shape_corrupt")
@@ -126,7 +136,9 @@ def hard_terms(
     recon_weight: float = 0.5,
 ) -> dict[str, torch.Tensor]:
     """The standard terms on the hard image plus the STN's loss on the corrupted segmentation."""
-    terms, _ = standard_terms(net, image, label, seg_loss, net_input=hard["image"].to(image.dtype), recon_weight=recon_weight, gt_shape=False)
+    terms, _ = standard_terms(
+        net, image, label, seg_loss, net_input=hard["image"].to(image.dtype), recon_weight=recon_weight, gt_shape=False
+    )
     out = {f"hard_{k}": v for k, v in terms.items()}
     out["hard_shape_corrupt"] = seg_loss(net.stn(hard["seg"]), label)
     return out

@@ -66,7 +66,9 @@ def frozen(module: nn.Module) -> Iterator[nn.Module]:
                 m.num_batches_tracked.copy_(n)
 
 
-def code_gradient(code: torch.Tensor, decoder: Callable[[torch.Tensor], torch.Tensor], loss_fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+def code_gradient(
+    code: torch.Tensor, decoder: Callable[[torch.Tensor], torch.Tensor], loss_fn: Callable[[torch.Tensor], torch.Tensor]
+) -> torch.Tensor:
     """Gradient of ``loss_fn(decoder(code))`` w.r.t. ``code`` (detached), with ``decoder`` frozen.
 
     Args:
@@ -82,7 +84,9 @@ def code_gradient(code: torch.Tensor, decoder: Callable[[torch.Tensor], torch.Te
     return grad.detach()
 
 
-def _uniform(shape: Sequence[int], high: float, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+def _uniform(
+    shape: Sequence[int], high: float, generator: torch.Generator | None, device: torch.device
+) -> torch.Tensor:
     return torch.rand(tuple(shape), generator=generator, device=device) * high
 
 
@@ -94,7 +98,11 @@ def _top_mask(scores: torch.Tensor, p: float, soft: bool, generator: torch.Gener
     if k <= 0:
         return mask
     idx = torch.topk(scores, k, dim=1, largest=True, sorted=False).indices
-    values = _uniform((b, k), 0.5, generator, scores.device).to(scores.dtype) if soft else torch.zeros((b, k), dtype=scores.dtype, device=scores.device)
+    values = (
+        _uniform((b, k), 0.5, generator, scores.device).to(scores.dtype)
+        if soft
+        else torch.zeros((b, k), dtype=scores.dtype, device=scores.device)
+    )
     return mask.scatter(1, idx, values)
 
 
@@ -106,13 +114,17 @@ def channel_dropout_mask(code: torch.Tensor, p: float = 0.5, generator: torch.Ge
     return keep.to(code.dtype) / (1.0 - p)
 
 
-def channel_mask(grad: torch.Tensor, p: float, soft: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
+def channel_mask(
+    grad: torch.Tensor, p: float, soft: bool = False, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """Targeted channel mask (B, C, 1, 1) from the code gradient (B, C, h, w): top ``int(C p)`` channels."""
     b, c = grad.shape[:2]
     return _top_mask(grad.reshape(b, c, -1).mean(2), p, soft, generator).view(b, c, 1, 1)
 
 
-def spatial_mask(grad: torch.Tensor, p: float, soft: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
+def spatial_mask(
+    grad: torch.Tensor, p: float, soft: bool = False, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """Targeted spatial mask (B, 1, h, w) from the code gradient (B, C, h, w): top ``int(h w p)`` locations."""
     b, _, h, w = grad.shape
     return _top_mask(grad.mean(1).reshape(b, h * w), p, soft, generator).view(b, 1, h, w)
@@ -129,7 +141,14 @@ class LatentMasker:
         seed: seed of the masker's own generator (kind, ``p``, dropout and soft factors).
     """
 
-    def __init__(self, kinds: Sequence[str] = MASK_KINDS, max_p: float = 0.5, soft: bool = True, dropout_p: float = 0.5, seed: int | None = 0) -> None:
+    def __init__(
+        self,
+        kinds: Sequence[str] = MASK_KINDS,
+        max_p: float = 0.5,
+        soft: bool = True,
+        dropout_p: float = 0.5,
+        seed: int | None = 0,
+    ) -> None:
         kinds = tuple(kinds)
         bad = [k for k in kinds if k not in MASK_KINDS]
         if not kinds or bad:

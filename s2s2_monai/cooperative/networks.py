@@ -43,14 +43,19 @@ class CodeEncoder(nn.Module):
         norm: MONAI norm name of every block.
     """
 
-    def __init__(self, in_channels: int, channels: Sequence[int], latent_channels: int | None = None, norm: str | tuple = "batch") -> None:
+    def __init__(
+        self, in_channels: int, channels: Sequence[int], latent_channels: int | None = None, norm: str | tuple = "batch"
+    ) -> None:
         super().__init__()
         if len(channels) < 2:
             raise ValueError(f"channels needs a stem and at least one level, got {tuple(channels)}")
         latent_channels = int(latent_channels or channels[-1])
         self.stem = ResidualUnit(2, in_channels, channels[0], strides=1, subunits=2, act=_ACT, norm=norm)
         self.down = nn.Sequential(
-            *[ResidualUnit(2, channels[i], channels[i + 1], strides=2, subunits=2, act=_ACT, norm=norm) for i in range(len(channels) - 1)]
+            *[
+                ResidualUnit(2, channels[i], channels[i + 1], strides=2, subunits=2, act=_ACT, norm=norm)
+                for i in range(len(channels) - 1)
+            ]
         )
         self.head = Convolution(2, channels[-1], latent_channels, kernel_size=1, act="relu", norm=norm)
         self.factor = 2 ** (len(channels) - 1)
@@ -58,7 +63,9 @@ class CodeEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-2] % self.factor or x.shape[-1] % self.factor:
-            raise ValueError(f"input size {tuple(x.shape[-2:])} must be divisible by {self.factor} (resize it, e.g. input_size)")
+            raise ValueError(
+                f"input size {tuple(x.shape[-2:])} must be divisible by {self.factor} (resize it, e.g. input_size)"
+            )
         return self.head(self.down(self.stem(x)))
 
 
@@ -89,7 +96,14 @@ class CodeDecoder(nn.Module):
         norm: MONAI norm name.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, channels: Sequence[int], up_mode: str = "nearest", norm: str | tuple = "batch") -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        channels: Sequence[int],
+        up_mode: str = "nearest",
+        norm: str | tuple = "batch",
+    ) -> None:
         super().__init__()
         levels = len(channels) - 1
         outs = [channels[max(levels - 2 - i, 0)] for i in range(levels)]
@@ -98,7 +112,9 @@ class CodeDecoder(nn.Module):
             if up_mode == "deconv":
                 up = UpSample(2, prev, prev, scale_factor=2, kernel_size=2, mode="deconv")
             elif up_mode == "nearest":
-                up = UpSample(2, prev, prev, scale_factor=2, mode="nontrainable", interp_mode="nearest", align_corners=None)
+                up = UpSample(
+                    2, prev, prev, scale_factor=2, mode="nontrainable", interp_mode="nearest", align_corners=None
+                )
             else:
                 raise ValueError(f"up_mode must be 'nearest' or 'deconv', got {up_mode!r}")
             blocks.append(nn.Sequential(up, ResidualUnit(2, prev, c, strides=1, subunits=2, act=_ACT, norm=norm)))
@@ -117,7 +133,14 @@ class CodeDecoder(nn.Module):
 class FTN(nn.Module):
     """Fast task network: ``encode -> (z_i, z_s)``, ``segment(z_s)``, ``reconstruct(z_i)``."""
 
-    def __init__(self, in_channels: int, out_channels: int, channels: Sequence[int], latent_channels: int | None = None, norm: str | tuple = "batch") -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        channels: Sequence[int],
+        latent_channels: int | None = None,
+        norm: str | tuple = "batch",
+    ) -> None:
         super().__init__()
         self.encoder = CodeEncoder(in_channels, channels, latent_channels, norm)
         lc = self.encoder.latent_channels
@@ -152,7 +175,9 @@ def to_shape_input(seg: torch.Tensor, num_classes: int) -> torch.Tensor:
 class STN(nn.Module):
     """Shape correction network: a denoising autoencoder on class-probability maps."""
 
-    def __init__(self, num_classes: int, channels: Sequence[int], latent_channels: int | None = None, norm: str | tuple = "batch") -> None:
+    def __init__(
+        self, num_classes: int, channels: Sequence[int], latent_channels: int | None = None, norm: str | tuple = "batch"
+    ) -> None:
         super().__init__()
         self.num_classes = int(num_classes)
         self.encoder = CodeEncoder(num_classes, channels, latent_channels, norm)

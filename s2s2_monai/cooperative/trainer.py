@@ -82,7 +82,9 @@ class CooperativeTrainer(PairedTrainer):
         alpha_dec: float = 1.0,
         **kwargs: Any,
     ) -> None:
-        super().__init__(*args, loss_function=loss_function or label_ce, use_stack=use_stack, stack_key=stack_key, **kwargs)
+        super().__init__(
+            *args, loss_function=loss_function or label_ce, use_stack=use_stack, stack_key=stack_key, **kwargs
+        )
         cooperative_network(self.network)
         self.masker = LatentMasker(mask_kinds, max_p, soft, dropout_p, mask_seed) if latent_da else None
         self.input_noise = float(input_noise)
@@ -104,7 +106,15 @@ class CooperativeTrainer(PairedTrainer):
             return engine.loss_function(p, t).mean()
 
         total, terms, ftn = cooperative_loss(
-            net, passes["_clean"], y, seg_loss, self.masker, self.input_noise, self.recon_weight, net_input=passes["_noisy"], ftn=passes["_ftn"]
+            net,
+            passes["_clean"],
+            y,
+            seg_loss,
+            self.masker,
+            self.input_noise,
+            self.recon_weight,
+            net_input=passes["_noisy"],
+            ftn=passes["_ftn"],
         )
         if passes["_stack"] is not None:
             other = ftn_pass(net, passes["_stack"])

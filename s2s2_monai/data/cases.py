@@ -31,7 +31,9 @@ def as_datalist(datalist: Datalist | str | os.PathLike, data_root: str | os.Path
     return datalist if isinstance(datalist, Datalist) else load_datalist(datalist, data_root)
 
 
-def load_entry(dl: Datalist, entry: dict, transform: Callable | None = None, intensity: Callable | None = None) -> CaseVolume:
+def load_entry(
+    dl: Datalist, entry: dict, transform: Callable | None = None, intensity: Callable | None = None
+) -> CaseVolume:
     """One datalist entry as a preprocessed :class:`CaseVolume` (see the module docstring)."""
     from s2s2_monai.transforms import RemapLabels, intensity_for
 

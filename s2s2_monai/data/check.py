@@ -16,8 +16,9 @@ from s2s2_monai.errors import S2S2InputError, exit_or_raise
 __all__ = ["CaseCheck", "check_datalist", "format_table", "require_data", "DEMO_COMMAND"]
 
 #: The demo command quoted by error messages.
-DEMO_COMMAND = "python -m monai.bundle run training --config_file \"['bundles/synapse/train.json','bundles/synapse/demo.json']\""
-
+DEMO_COMMAND = (
+    "python -m monai.bundle run training --config_file \"['bundles/synapse/train.json','bundles/synapse/demo.json']\""
+)
 
 
 @dataclass
@@ -51,7 +52,9 @@ def check_datalist(datalist_path: str | os.PathLike, data_root: str | os.PathLik
                 continue
             labels = None if case.label is None else tuple(int(v) for v in np.unique(case.label))
             results.append(
-                CaseCheck(section, cid, True, tuple(case.image.shape), tuple(round(float(s), 3) for s in case.spacing), labels)
+                CaseCheck(
+                    section, cid, True, tuple(case.image.shape), tuple(round(float(s), 3) for s in case.spacing), labels
+                )
             )
     return results
 
@@ -62,8 +65,14 @@ def format_table(results: list[CaseCheck]) -> str:
     for r in results:
         detail = r.problem if not r.ok else ("-" if r.labels is None else " ".join(map(str, r.labels)))
         rows.append(
-            (r.section, r.case_id, "ok" if r.ok else "FAIL", "x".join(map(str, r.shape or ())) or "-",
-             "x".join(map(str, r.spacing or ())) or "-", detail)
+            (
+                r.section,
+                r.case_id,
+                "ok" if r.ok else "FAIL",
+                "x".join(map(str, r.shape or ())) or "-",
+                "x".join(map(str, r.spacing or ())) or "-",
+                detail,
+            )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(5)]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row[:5], widths)) + "  " + row[5] for row in rows]
@@ -101,7 +110,11 @@ def require_data(
     try:
         dl = load_datalist(datalist, dataset_dir)
         missing = [
-            e[k] for s in sections for e in dl.items(s) for k in ("image", "label") if k in e and not Path(e[k]).exists()
+            e[k]
+            for s in sections
+            for e in dl.items(s)
+            for k in ("image", "label")
+            if k in e and not Path(e[k]).exists()
         ]
         total = sum(len([k for k in ("image", "label") if k in e]) for s in sections for e in dl.items(s))
         if missing:

@@ -51,7 +51,11 @@ def _resolve(value: object, root: Path, datalist: Path, what: str) -> str:
     files of another dataset, whatever root it is given.
     """
     if not isinstance(value, str) or not value.strip():
-        raise S2S2InputError(datalist, f"{what} must be a path string, got {value!r}", "write each image/label as a path relative to the data root")
+        raise S2S2InputError(
+            datalist,
+            f"{what} must be a path string, got {value!r}",
+            "write each image/label as a path relative to the data root",
+        )
     p = Path(os.path.expanduser(value))
     if p.is_absolute():
         return str(p)
@@ -81,7 +85,9 @@ def load_datalist(path: str | os.PathLike, data_root: str | os.PathLike | None =
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise S2S2InputError(path, f"not valid JSON ({exc})", "fix the JSON syntax") from None
     if not isinstance(raw, dict):
-        raise S2S2InputError(path, "datalist must be a JSON object with 'training'/'validation'/'test' lists", "see data_lists/demo.json")
+        raise S2S2InputError(
+            path, "datalist must be a JSON object with 'training'/'validation'/'test' lists", "see data_lists/demo.json"
+        )
     root = Path(data_root) if data_root is not None else path.parent
     try:
         label_map = get_label_map(raw.get("label_map", "synapse"))
@@ -89,7 +95,11 @@ def load_datalist(path: str | os.PathLike, data_root: str | os.PathLike | None =
     except KeyError as exc:
         raise S2S2InputError(path, str(exc.args[0]), "use one of the known names") from None
     if remap is not None and remap.target != label_map.name:
-        raise S2S2InputError(path, f"label_remap {remap.name!r} maps to {remap.target!r}, not to label_map {label_map.name!r}", "make them agree")
+        raise S2S2InputError(
+            path,
+            f"label_remap {remap.name!r} maps to {remap.target!r}, not to label_map {label_map.name!r}",
+            "make them agree",
+        )
     parsed: dict[str, list[dict]] = {}
     for section in sections:
         entries = raw.get(section, [])
@@ -100,8 +110,13 @@ def load_datalist(path: str | os.PathLike, data_root: str | os.PathLike | None =
             if isinstance(entry, str):
                 entry = {"image": entry}
             if not isinstance(entry, dict) or "image" not in entry:
-                raise S2S2InputError(path, f"entry {i} of '{section}' has no 'image'", "each entry needs an 'image' path")
-            item = {k: _resolve(v, root, path, f"entry {i} of '{section}': {k}") if k in ("image", "label") else v for k, v in entry.items()}
+                raise S2S2InputError(
+                    path, f"entry {i} of '{section}' has no 'image'", "each entry needs an 'image' path"
+                )
+            item = {
+                k: _resolve(v, root, path, f"entry {i} of '{section}': {k}") if k in ("image", "label") else v
+                for k, v in entry.items()
+            }
             out.append(item)
         parsed[section] = out
     if not any(parsed.values()):

@@ -82,7 +82,9 @@ def make_phantom_case(
     return image, label, affine
 
 
-def write_demo_data(out: str | os.PathLike, cases: int = 6, seed: int = 0, shape=(128, 128, 48), progress: bool = True) -> Path:
+def write_demo_data(
+    out: str | os.PathLike, cases: int = 6, seed: int = 0, shape=(128, 128, 48), progress: bool = True
+) -> Path:
     """Write ``cases`` phantoms as ``OUT/imagesTr``, ``OUT/labelsTr`` and ``OUT/datalist.json``.
 
     The last third of the cases (at least one) forms the validation/test split.
@@ -94,7 +96,11 @@ def write_demo_data(out: str | os.PathLike, cases: int = 6, seed: int = 0, shape
     for i in tqdm(range(cases), desc="phantoms", disable=not progress, unit="case"):
         rng = np.random.default_rng([seed, i])
         # field of view ~350 x 350 x 144 mm whatever the grid (128x128x48 -> ~2.7 x 2.7 x 3 mm voxels)
-        spacing = (350.0 / shape[0] * rng.uniform(0.96, 1.04), 350.0 / shape[1] * rng.uniform(0.96, 1.04), 144.0 / shape[2])
+        spacing = (
+            350.0 / shape[0] * rng.uniform(0.96, 1.04),
+            350.0 / shape[1] * rng.uniform(0.96, 1.04),
+            144.0 / shape[2],
+        )
         image, label, affine = make_phantom_case(rng, shape=shape, spacing=spacing)
         name = f"phantom_{i:03d}.nii.gz"
         save_nifti_atomic(image, affine, out / "imagesTr" / name)

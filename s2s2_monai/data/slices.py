@@ -56,7 +56,9 @@ class VolumeCache:
         self.datalist = as_datalist(datalist, data_root)
         self.section = section
         self.entries = self.datalist.items(section)
-        self.cases: list[CaseVolume] = list(iter_cases(self.datalist, section, transform=transform, intensity=intensity, progress=progress))
+        self.cases: list[CaseVolume] = list(
+            iter_cases(self.datalist, section, transform=transform, intensity=intensity, progress=progress)
+        )
         _release_free_heap()
 
     def __len__(self) -> int:

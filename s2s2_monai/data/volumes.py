@@ -124,7 +124,11 @@ def load_volume(path: str | os.PathLike, is_label: bool = False) -> MetaTensor:
             )
     if img.ndim != 4 or img.shape[0] != 1:
         shape = tuple(arr.shape[1:]) + ((int(arr.shape[0]),) if arr.shape[0] > 1 else ())
-        raise S2S2InputError(path, f"expected one 3D volume, got a {len(shape)}D image of shape {shape}", "give a single-channel 3D image (split 4D series into one file per volume)")
+        raise S2S2InputError(
+            path,
+            f"expected one 3D volume, got a {len(shape)}D image of shape {shape}",
+            "give a single-channel 3D image (split 4D series into one file per volume)",
+        )
     if is_label:
         if arr.is_floating_point() and not torch.equal(arr, torch.round(arr)):
             raise S2S2InputError(path, "label file holds non-integer values", "labels must be integer class ids")
@@ -134,7 +138,9 @@ def load_volume(path: str | os.PathLike, is_label: bool = False) -> MetaTensor:
     else:
         if not torch.isfinite(arr).all():
             bad = int((~torch.isfinite(arr)).sum())
-            raise S2S2InputError(path, f"image holds {bad} NaN/inf voxels", "fix or re-export the image; intensities must be finite")
+            raise S2S2InputError(
+                path, f"image holds {bad} NaN/inf voxels", "fix or re-export the image; intensities must be finite"
+            )
         img = MetaTensor(arr.to(torch.float32), meta=img.meta, applied_operations=img.applied_operations)
     img.meta["filename_or_obj"] = str(path)
     return img
@@ -262,7 +268,9 @@ def source_affine_of(img: MetaTensor) -> np.ndarray:
     return np.asarray(original if original is not None else img.affine, dtype=np.float64)
 
 
-def to_source_orientation(array: np.ndarray | torch.Tensor, affine: np.ndarray, source_affine: np.ndarray) -> np.ndarray | torch.Tensor:
+def to_source_orientation(
+    array: np.ndarray | torch.Tensor, affine: np.ndarray, source_affine: np.ndarray
+) -> np.ndarray | torch.Tensor:
     """Reorient an (X, Y, Z) array from RAS (``affine``) back to the file's axis order.
 
     Works on numpy arrays and on torch tensors (kept on their device).
@@ -346,7 +354,9 @@ def read_nifti_ras(path: str | os.PathLike, is_label: bool = False) -> tuple[np.
     """
     path = _existing(path)
     if not (path.is_file() and path.name.endswith(_NIFTI_SUFFIXES)):
-        raise S2S2InputError(path, "not a NIfTI file", "give a .nii or .nii.gz file (DICOM series go through load_volume)")
+        raise S2S2InputError(
+            path, "not a NIfTI file", "give a .nii or .nii.gz file (DICOM series go through load_volume)"
+        )
     try:
         img = nib.load(str(path))
         dataobj = img.dataobj
@@ -364,8 +374,16 @@ def read_nifti_ras(path: str | os.PathLike, is_label: bool = False) -> tuple[np.
     if arr.ndim == 4 and arr.shape[3] == 1:
         arr = arr[..., 0]  # one channel stored last: a 3D volume, as MONAI's EnsureChannelFirst reads it
     if arr.ndim != 3:
-        shape = tuple(arr.shape) if arr.ndim < 3 else tuple(arr.shape[:-1]) + ((int(arr.shape[-1]),) if arr.shape[-1] > 1 else ())
-        raise S2S2InputError(path, f"expected one 3D volume, got a {len(shape)}D image of shape {shape}", "give a single-channel 3D image (split 4D series into one file per volume)")
+        shape = (
+            tuple(arr.shape)
+            if arr.ndim < 3
+            else tuple(arr.shape[:-1]) + ((int(arr.shape[-1]),) if arr.shape[-1] > 1 else ())
+        )
+        raise S2S2InputError(
+            path,
+            f"expected one 3D volume, got a {len(shape)}D image of shape {shape}",
+            "give a single-channel 3D image (split 4D series into one file per volume)",
+        )
     ornt = nib.orientations.io_orientation(affine)  # as MONAI's Orientation("RAS") and nib.as_closest_canonical
     if not np.array_equal(ornt, [[0, 1], [1, 1], [2, 1]]):
         affine = affine @ nib.orientations.inv_ornt_aff(ornt, arr.shape)
@@ -379,5 +397,9 @@ def read_nifti_ras(path: str | os.PathLike, is_label: bool = False) -> tuple[np.
     else:
         finite = np.isfinite(arr)
         if not finite.all():
-            raise S2S2InputError(path, f"image holds {int((~finite).sum())} NaN/inf voxels", "fix or re-export the image; intensities must be finite")
+            raise S2S2InputError(
+                path,
+                f"image holds {int((~finite).sum())} NaN/inf voxels",
+                "fix or re-export the image; intensities must be finite",
+            )
     return np.ascontiguousarray(arr), affine

@@ -29,7 +29,9 @@ def _evaluate(args: argparse.Namespace) -> int:
     for name, res in summary["methods"].items():
         ov = res["overall"][dice_key]
         mean = ov["mean"] if isinstance(ov, dict) else ov
-        print(f"{name}: {res['num_cases']} cases, mean Dice {mean:.4f} ({s['protocol']}, HD95 {s['hd95_definition']}, {s['units']})")
+        print(
+            f"{name}: {res['num_cases']} cases, mean Dice {mean:.4f} ({s['protocol']}, HD95 {s['hd95_definition']}, {s['units']})"
+        )
     print(f"wrote {args.out}/metrics.csv, summary.json, report.html")
     return 0
 
@@ -40,15 +42,36 @@ def register(sub: argparse._SubParsersAction) -> None:
     from s2s2_monai.label_maps import LABEL_MAPS
 
     p = sub.add_parser("evaluate", help="Dice / HD95 / ASSD per case and organ, report with A/B statistics")
-    p.add_argument("--pred-dir", action="append", required=True, metavar="[NAME=]DIR", help="prediction folder; repeat as NAME=DIR to compare methods (the first is the baseline)")
-    p.add_argument("--label-dir", required=True, metavar="DIR", help="ground-truth label folder (files named like the predictions)")
+    p.add_argument(
+        "--pred-dir",
+        action="append",
+        required=True,
+        metavar="[NAME=]DIR",
+        help="prediction folder; repeat as NAME=DIR to compare methods (the first is the baseline)",
+    )
+    p.add_argument(
+        "--label-dir", required=True, metavar="DIR", help="ground-truth label folder (files named like the predictions)"
+    )
     add_out(p, "report folder")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--label-map", default="synapse", choices=sorted(LABEL_MAPS), help="label map (default synapse)")
-    g.add_argument("--num-classes", type=int, default=None, help="K classes including background (ids 1..K-1 named class_i)")
-    p.add_argument("--hd95", default=DEFAULT_HD95, choices=HD95_DEFINITIONS, help=f"HD95 definition (default {DEFAULT_HD95})")
-    p.add_argument("--legacy-transunet", action="store_true", help="TransUNet protocol: medpy without spacing, its empty rule, voxel units")
-    p.add_argument("--image-dir", default=None, metavar="DIR", help="optional images (same file names) under the worst-slice overlays")
+    g.add_argument(
+        "--num-classes", type=int, default=None, help="K classes including background (ids 1..K-1 named class_i)"
+    )
+    p.add_argument(
+        "--hd95", default=DEFAULT_HD95, choices=HD95_DEFINITIONS, help=f"HD95 definition (default {DEFAULT_HD95})"
+    )
+    p.add_argument(
+        "--legacy-transunet",
+        action="store_true",
+        help="TransUNet protocol: medpy without spacing, its empty rule, voxel units",
+    )
+    p.add_argument(
+        "--image-dir",
+        default=None,
+        metavar="DIR",
+        help="optional images (same file names) under the worst-slice overlays",
+    )
     p.add_argument("--bootstrap", type=int, default=10000, help="bootstrap resamples for the A/B confidence interval")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     add_no_progress(p)

@@ -41,7 +41,15 @@ def paired_comparison(
     keep = np.isfinite(a) & np.isfinite(b)
     a, b = a[keep], b[keep]
     nan = float("nan")
-    result = {"n": int(a.size), "mean_baseline": nan, "mean_method": nan, "mean_diff": nan, "ci_low": nan, "ci_high": nan, "p_wilcoxon": nan}
+    result = {
+        "n": int(a.size),
+        "mean_baseline": nan,
+        "mean_method": nan,
+        "mean_diff": nan,
+        "ci_low": nan,
+        "ci_high": nan,
+        "p_wilcoxon": nan,
+    }
     if a.size == 0:
         return result
     d = b - a

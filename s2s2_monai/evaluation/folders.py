@@ -42,9 +42,13 @@ def parse_pred_dirs(values: list[str]) -> dict[str, Path]:
         if not sep:
             name, folder = Path(value).name or "prediction", value
         if not name or not folder:
-            raise S2S2InputError(None, f"bad --pred-dir value {value!r}", "use --pred-dir FOLDER or --pred-dir NAME=FOLDER")
+            raise S2S2InputError(
+                None, f"bad --pred-dir value {value!r}", "use --pred-dir FOLDER or --pred-dir NAME=FOLDER"
+            )
         if name in out:
-            raise S2S2InputError(folder, f"method name {name!r} given twice", "give each --pred-dir a distinct NAME=FOLDER")
+            raise S2S2InputError(
+                folder, f"method name {name!r} given twice", "give each --pred-dir a distinct NAME=FOLDER"
+            )
         out[name] = Path(folder)
     if not out:
         raise S2S2InputError(None, "no prediction folder given", "pass --pred-dir FOLDER")
@@ -54,9 +58,15 @@ def parse_pred_dirs(values: list[str]) -> dict[str, Path]:
 def _volumes_in(folder: Path, role: str) -> dict[str, Path]:
     if not folder.is_dir():
         raise S2S2InputError(folder, f"{role} folder not found", f"give an existing folder of NIfTI {role} files")
-    files = {case_id_of(p): p for p in sorted(folder.iterdir()) if p.is_file() and p.name.endswith(_SUFFIXES) and not p.name.startswith(".")}
+    files = {
+        case_id_of(p): p
+        for p in sorted(folder.iterdir())
+        if p.is_file() and p.name.endswith(_SUFFIXES) and not p.name.startswith(".")
+    }
     if not files:
-        raise S2S2InputError(folder, f"{role} folder holds no .nii/.nii.gz files", f"put one NIfTI {role} per case in it")
+        raise S2S2InputError(
+            folder, f"{role} folder holds no .nii/.nii.gz files", f"put one NIfTI {role} per case in it"
+        )
     return files
 
 
@@ -72,7 +82,9 @@ def find_pairs(pred_dirs: dict[str, str | os.PathLike], label_dir: str | os.Path
         preds = _volumes_in(Path(folder), "prediction")
         for case, path in preds.items():
             if case not in labels:
-                raise S2S2InputError(path, f"no label file for case {case!r} in {label_dir}", "add its label or remove the prediction")
+                raise S2S2InputError(
+                    path, f"no label file for case {case!r} in {label_dir}", "add its label or remove the prediction"
+                )
         missing = sorted(set(labels) - set(preds))
         if missing:
             raise S2S2InputError(
@@ -97,7 +109,9 @@ def _check_ids(arr: torch.Tensor, path: Path, valid: set[int] | None, role: str)
         )
 
 
-def load_pair(pred_path: str | os.PathLike, label_path: str | os.PathLike, valid_ids: set[int] | None = None, atol: float = 1e-3):
+def load_pair(
+    pred_path: str | os.PathLike, label_path: str | os.PathLike, valid_ids: set[int] | None = None, atol: float = 1e-3
+):
     """Load a prediction and its label in RAS on the same grid.
 
     Returns:
@@ -111,9 +125,13 @@ def load_pair(pred_path: str | os.PathLike, label_path: str | os.PathLike, valid
     try:
         p, a = read_nifti_ras(pred_path, is_label=False)
     except S2S2InputError as exc:
-        raise S2S2InputError(pred_path, f"bad prediction: {exc.problem}", "write integer class ids, not probabilities or NaN") from None
+        raise S2S2InputError(
+            pred_path, f"bad prediction: {exc.problem}", "write integer class ids, not probabilities or NaN"
+        ) from None
     if not np.array_equal(p, np.round(p)) or (p.size and p.min() < 0):
-        raise S2S2InputError(pred_path, "prediction holds non-integer or negative values", "write the argmax class ids (integers >= 0)")
+        raise S2S2InputError(
+            pred_path, "prediction holds non-integer or negative values", "write the argmax class ids (integers >= 0)"
+        )
     g, b = read_nifti_ras(label_path, is_label=True)
     if p.shape != g.shape:
         raise S2S2InputError(

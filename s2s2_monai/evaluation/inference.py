@@ -72,7 +72,11 @@ def predict_volume(
         int64 (X, Y, Z) labels (argmax over classes), or (C, X, Y, Z) logits, on ``device``.
     """
     device = torch.device(device) if device is not None else network_device(network)
-    vol = image.as_tensor() if hasattr(image, "as_tensor") else torch.as_tensor(np.asarray(image) if not isinstance(image, torch.Tensor) else image)
+    vol = (
+        image.as_tensor()
+        if hasattr(image, "as_tensor")
+        else torch.as_tensor(np.asarray(image) if not isinstance(image, torch.Tensor) else image)
+    )
     if vol.ndim == 4 and vol.shape[0] == 1:
         vol = vol[0]
     if vol.ndim != 3:
@@ -95,7 +99,9 @@ def predict_volume(
             stop = start + batch.shape[0]
             if return_logits:
                 if logits_out is None:
-                    logits_out = torch.empty((logits.shape[1], x_size, y_size, z_size), dtype=torch.float32, device=device)
+                    logits_out = torch.empty(
+                        (logits.shape[1], x_size, y_size, z_size), dtype=torch.float32, device=device
+                    )
                 logits_out[..., start:stop] = logits.permute(1, 2, 3, 0)
             else:
                 labels[..., start:stop] = logits.argmax(1).permute(1, 2, 0)

@@ -26,16 +26,26 @@ class SliceVolumeInferer(Inferer):
         legacy_transunet: TransUNet's inference protocol.
     """
 
-    def __init__(self, input_size: Sequence[int] | None = None, batch_size: int = 32, legacy_transunet: bool = False) -> None:
+    def __init__(
+        self, input_size: Sequence[int] | None = None, batch_size: int = 32, legacy_transunet: bool = False
+    ) -> None:
         super().__init__()
         self.input_size = None if input_size is None else tuple(int(s) for s in input_size)
         self.batch_size = int(batch_size)
         self.legacy_transunet = bool(legacy_transunet)
 
-    def __call__(self, inputs: torch.Tensor, network: torch.nn.Module, *args: Any, device=None, **kwargs: Any) -> torch.Tensor:
+    def __call__(
+        self, inputs: torch.Tensor, network: torch.nn.Module, *args: Any, device=None, **kwargs: Any
+    ) -> torch.Tensor:
         """(X, Y, Z) or (1, X, Y, Z) volume -> int64 (X, Y, Z) labels on ``device`` (default the network's)."""
         if self.legacy_transunet:
             from s2s2_monai.evaluation.legacy import LEGACY_INPUT_SIZE, legacy_predict_volume
 
-            return legacy_predict_volume(network, inputs, input_size=self.input_size or LEGACY_INPUT_SIZE, batch_size=self.batch_size, device=device)
+            return legacy_predict_volume(
+                network,
+                inputs,
+                input_size=self.input_size or LEGACY_INPUT_SIZE,
+                batch_size=self.batch_size,
+                device=device,
+            )
         return predict_volume(network, inputs, input_size=self.input_size, batch_size=self.batch_size, device=device)

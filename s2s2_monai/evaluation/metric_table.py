@@ -68,7 +68,11 @@ class MetricTable:
                 "protocol": "legacy-transunet",
                 "hd95_definition": "medpy (no voxel spacing)",
                 "units": "voxels",
-                "empty_policy": {"pred_and_gt": "medpy dc, hd95", "pred_only": "dice=1, hd95=0", "otherwise": "dice=0, hd95=0"},
+                "empty_policy": {
+                    "pred_and_gt": "medpy dc, hd95",
+                    "pred_only": "dice=1, hd95=0",
+                    "otherwise": "dice=0, hd95=0",
+                },
                 "averaging": "mean over cases per class, then over classes",
                 "label_map": self.label_map,
             }
@@ -81,7 +85,9 @@ class MetricTable:
             "label_map": self.label_map,
         }
 
-    def add(self, case: str, pred, gt, spacing: Sequence[float], method: str = "prediction", image=None) -> dict[int, dict[str, float]]:
+    def add(
+        self, case: str, pred, gt, spacing: Sequence[float], method: str = "prediction", image=None
+    ) -> dict[int, dict[str, float]]:
         """Score one case of one method and keep its rows; returns the per-class metrics.
 
         Args:
@@ -101,7 +107,9 @@ class MetricTable:
         else:
             metrics = compute_case_metrics(pred_t, gt_t, spacing, ids, hd95=self.hd95)
         for c in ids:
-            self.rows.append({"method": method, "case": case, "class_id": c, "class_name": self.class_names[c], **metrics[c]})
+            self.rows.append(
+                {"method": method, "case": case, "class_id": c, "class_name": self.class_names[c], **metrics[c]}
+            )
             self._track_worst(method, case, c, metrics[c]["dice"], pred_t, gt_t, image)
         return metrics
 
@@ -115,10 +123,16 @@ class MetricTable:
         z = int(torch.argmax((p ^ g).sum(dim=(0, 1))).item())
         img = None
         if image is not None:
-            vol = image.as_tensor() if hasattr(image, "as_tensor") else torch.as_tensor(np.asarray(image) if not isinstance(image, torch.Tensor) else image)
+            vol = (
+                image.as_tensor()
+                if hasattr(image, "as_tensor")
+                else torch.as_tensor(np.asarray(image) if not isinstance(image, torch.Tensor) else image)
+            )
             vol = vol[0] if vol.ndim == 4 else vol
             img = vol[:, :, z].detach().float().cpu().numpy()
-        self.worst[key] = WorstSlice(method, c, case, float(dice), z, p[:, :, z].cpu().numpy(), g[:, :, z].cpu().numpy(), img)
+        self.worst[key] = WorstSlice(
+            method, c, case, float(dice), z, p[:, :, z].cpu().numpy(), g[:, :, z].cpu().numpy(), img
+        )
 
     def cases(self, method: str) -> list[str]:
         """Case names of a method, in the order they were added."""

@@ -63,7 +63,11 @@ EMPTY_POLICY = {
 
 def as_label_tensor(x, device: torch.device | str | None = None) -> torch.Tensor:
     """(X, Y, Z) or (1, X, Y, Z) ndarray/tensor/MetaTensor -> plain integer (X, Y, Z) tensor."""
-    t = x.as_tensor() if hasattr(x, "as_tensor") else torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x)
+    t = (
+        x.as_tensor()
+        if hasattr(x, "as_tensor")
+        else torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x)
+    )
     if t.ndim == 4 and t.shape[0] == 1:
         t = t[0]
     if t.ndim != 3:
@@ -75,7 +79,9 @@ def as_label_tensor(x, device: torch.device | str | None = None) -> torch.Tensor
     return t if device is None else t.to(device)
 
 
-def dice_per_class(pred: torch.Tensor, gt: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def dice_per_class(
+    pred: torch.Tensor, gt: torch.Tensor, num_classes: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Voxel counts of every class from one ``bincount``: (intersection, pred count, gt count), int64 (K,)."""
     k = int(num_classes)
     dtype = torch.uint8 if k * k <= 256 else torch.int64  # small codes: no 8-byte copy of the volume
@@ -109,14 +115,18 @@ def _unravel(flat: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
     return torch.stack(torch.unravel_index(flat, tuple(shape)), dim=1)
 
 
-def _directed_distances(src_flat: torch.Tensor, dst: torch.Tensor, dst_flat: torch.Tensor, spacing: Sequence[float]) -> torch.Tensor:
+def _directed_distances(
+    src_flat: torch.Tensor, dst: torch.Tensor, dst_flat: torch.Tensor, spacing: Sequence[float]
+) -> torch.Tensor:
     """Distance (mm, float64) of every ``src`` surface point, in ``src_flat`` order, to the ``dst`` surface:
     0 where the point is on both surfaces, else a nearest-neighbour search."""
     on_dst = dst.reshape(-1)[src_flat]
     d = torch.zeros(src_flat.numel(), dtype=torch.float64, device=src_flat.device)
     rest = ~on_dst
     if bool(rest.any()):
-        d[rest] = nearest_distances(_unravel(src_flat[rest], dst.shape), _unravel(dst_flat, dst.shape), spacing).to(d.device)
+        d[rest] = nearest_distances(_unravel(src_flat[rest], dst.shape), _unravel(dst_flat, dst.shape), spacing).to(
+            d.device
+        )
     return d
 
 
@@ -137,7 +147,9 @@ def _voxel_edges_metrics(p: torch.Tensor, g: torch.Tensor, spacing: Sequence[flo
     return hd, float(torch.cat([d_pg, d_gp]).mean())  # float64: MONAI's float32 sum differs by ~1e-7
 
 
-def _surfel_metrics(p: torch.Tensor, g: torch.Tensor, spacing: Sequence[float], table: torch.Tensor) -> tuple[float, float]:
+def _surfel_metrics(
+    p: torch.Tensor, g: torch.Tensor, spacing: Sequence[float], table: torch.Tensor
+) -> tuple[float, float]:
     cp, cg = neighbour_codes(p), neighbour_codes(g)
     if p.device.type == "cpu":
         bp, bg = (torch.from_numpy((c.numpy() != 0) & (c.numpy() != 255)) for c in (cp, cg))

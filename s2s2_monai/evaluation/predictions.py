@@ -20,16 +20,24 @@ def _inference_inputs(inputs, section: str, data_root) -> list[tuple[str, str | 
             dl = load_datalist(p, data_root)
             entries = dl.items(section)
             if not entries:
-                raise S2S2InputError(p, f"datalist has no entries in section {section!r}", "choose another infer_section")
+                raise S2S2InputError(
+                    p, f"datalist has no entries in section {section!r}", "choose another infer_section"
+                )
             return [(e["image"], e.get("case_id")) for e in entries]
         if p.is_dir():
             files = sorted(f for f in p.iterdir() if f.name.endswith((".nii", ".nii.gz")))
             if not files:
-                raise S2S2InputError(p, "folder holds no .nii/.nii.gz images", "point infer_input at NIfTI images, a datalist or a list of files")
+                raise S2S2InputError(
+                    p,
+                    "folder holds no .nii/.nii.gz images",
+                    "point infer_input at NIfTI images, a datalist or a list of files",
+                )
             return [(str(f), None) for f in files]
         if p.is_file():
             return [(str(p), None)]
-        raise S2S2InputError(p, "no such file or folder", "point infer_input at NIfTI images, a datalist or a list of files")
+        raise S2S2InputError(
+            p, "no such file or folder", "point infer_input at NIfTI images, a datalist or a list of files"
+        )
     return [(str(f), None) for f in inputs]
 
 
@@ -71,7 +79,9 @@ def infer_to_nifti(
 
     intensity = None if transform is not None else intensity_for(get_label_map(label_map).modality)
     written = []
-    for image, case_id in tqdm(_inference_inputs(inputs, section, data_root), desc="inference", unit="case", disable=not progress):
+    for image, case_id in tqdm(
+        _inference_inputs(inputs, section, data_root), desc="inference", unit="case", disable=not progress
+    ):
         case = load_case(image, None, intensity=intensity, transform=transform, case_id=case_id or case_id_of(image))
         pred = predict_volume(network, case.image, input_size=input_size, batch_size=batch_size, device=device)
         path = write_prediction(pred, case.affine, case.source_affine, Path(out_dir) / f"{case.case_id}.nii.gz")

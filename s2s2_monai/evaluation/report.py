@@ -33,7 +33,12 @@ def _stats(values) -> dict[str, float]:
     arr = arr[np.isfinite(arr)]
     if arr.size == 0:
         return {"mean": None, "std": None, "median": None, "n": 0}
-    return {"mean": float(arr.mean()), "std": float(arr.std(ddof=0)), "median": float(np.median(arr)), "n": int(arr.size)}
+    return {
+        "mean": float(arr.mean()),
+        "std": float(arr.std(ddof=0)),
+        "median": float(np.median(arr)),
+        "n": int(arr.size),
+    }
 
 
 def _versions() -> dict[str, str]:
@@ -44,7 +49,14 @@ def _versions() -> dict[str, str]:
 
     from s2s2_monai import __version__
 
-    return {"s2s2_monai": __version__, "monai": version("monai"), "torch": torch.__version__, "scipy": scipy.__version__, "numpy": np.__version__, "python": platform.python_version()}
+    return {
+        "s2s2_monai": __version__,
+        "monai": version("monai"),
+        "torch": torch.__version__,
+        "scipy": scipy.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+    }
 
 
 def summarize(ev: MetricTable, n_boot: int = 10000, seed: int = 0) -> dict:
@@ -58,7 +70,8 @@ def summarize(ev: MetricTable, n_boot: int = 10000, seed: int = 0) -> dict:
     methods = {}
     for m in ev.methods:
         per_class = {
-            ev.class_names[c]: {"class_id": c, **{k: _stats(ev.values(m, k, c).values()) for k in keys}} for c in ev.class_names
+            ev.class_names[c]: {"class_id": c, **{k: _stats(ev.values(m, k, c).values()) for k in keys}}
+            for c in ev.class_names
         }
         if ev.legacy_transunet:  # mean over cases per class, then over classes
             overall = {k: float(np.mean([per_class[n][k]["mean"] for n in per_class])) for k in keys}
@@ -95,7 +108,12 @@ def _write_csv(path: Path, ev: MetricTable) -> None:
         w = csv.writer(fh)
         w.writerow(cols)
         for r in ev.rows:
-            w.writerow([r[c] if not isinstance(r[c], float) else ("nan" if not math.isfinite(r[c]) else repr(r[c])) for c in cols])
+            w.writerow(
+                [
+                    r[c] if not isinstance(r[c], float) else ("nan" if not math.isfinite(r[c]) else repr(r[c]))
+                    for c in cols
+                ]
+            )
 
 
 def _box_plots(fig_dir: Path, ev: MetricTable) -> list[str]:
@@ -151,7 +169,12 @@ def _overlays(fig_dir: Path, ev: MetricTable) -> list[tuple[str, str]]:
         name = f"worst_{_slug(m)}_{c}.png"
         fig.savefig(fig_dir / name, metadata={"Software": None})
         plt.close(fig)
-        out.append((name, f"{m} / {ev.class_names[c]}: case {w.case}, slice z={w.z}, Dice {w.dice:.3f} (green: ground truth, red: prediction)"))
+        out.append(
+            (
+                name,
+                f"{m} / {ev.class_names[c]}: case {w.case}, slice z={w.z}, Dice {w.dice:.3f} (green: ground truth, red: prediction)",
+            )
+        )
     return out
 
 
@@ -182,28 +205,42 @@ def _html(summary: dict, ev: MetricTable, boxes: list[str], overlays: list[tuple
         parts.append("</tr>")
         for name, st in res["per_class"].items():
             parts.append(f"<tr><td class='l'>{e(name)}</td>")
-            parts += [f"<td>{_fmt(st[k]['mean'])} ± {_fmt(st[k]['std'])}</td><td>{_fmt(st[k]['median'])}</td>" for k in keys]
+            parts += [
+                f"<td>{_fmt(st[k]['mean'])} ± {_fmt(st[k]['std'])}</td><td>{_fmt(st[k]['median'])}</td>" for k in keys
+            ]
             parts.append("</tr>")
         ov = res["overall"]
         parts.append("<tr><td class='l'><b>overall</b></td>")
         for k in keys:
             if isinstance(ov[k], dict):
-                parts.append(f"<td><b>{_fmt(ov[k]['mean'])}</b> ± {_fmt(ov[k]['std'])}</td><td>{_fmt(ov[k]['median'])}</td>")
+                parts.append(
+                    f"<td><b>{_fmt(ov[k]['mean'])}</b> ± {_fmt(ov[k]['std'])}</td><td>{_fmt(ov[k]['median'])}</td>"
+                )
             else:
                 parts.append(f"<td><b>{_fmt(ov[k])}</b></td><td></td>")
         parts.append("</tr></table>")
     for comp in summary["comparisons"]:
-        parts.append(f"<h2>{e(comp['method'])} vs {e(comp['baseline'])}</h2><p>{e(comp['difference'])}; CI {e(comp['ci'])}; {e(comp['test'])}.</p>")
+        parts.append(
+            f"<h2>{e(comp['method'])} vs {e(comp['baseline'])}</h2><p>{e(comp['difference'])}; CI {e(comp['ci'])}; {e(comp['test'])}.</p>"
+        )
         parts.append("<table><tr><th>organ</th>" + "".join(f"<th>Δ {e(k)} [CI]</th><th>p</th>" for k in keys) + "</tr>")
         for name, per in [*comp["per_class"].items(), ("overall", comp["overall"])]:
             parts.append(f"<tr><td class='l'>{e(name)}</td>")
-            parts += [f"<td>{_fmt(per[k]['mean_diff'])} [{_fmt(per[k]['ci_low'])}, {_fmt(per[k]['ci_high'])}]</td><td>{_fmt(per[k]['p_wilcoxon'])}</td>" for k in keys]
+            parts += [
+                f"<td>{_fmt(per[k]['mean_diff'])} [{_fmt(per[k]['ci_low'])}, {_fmt(per[k]['ci_high'])}]</td><td>{_fmt(per[k]['p_wilcoxon'])}</td>"
+                for k in keys
+            ]
             parts.append("</tr>")
         parts.append("</table>")
     parts.append("<h2>Per organ</h2>")
     parts += [f"<img src='figures/{b}' alt='{e(b)}'>" for b in boxes]
-    parts.append("<h2>Worst slices</h2><p>For each method and organ: the case with the lowest Dice, at the axial slice with the most disagreeing voxels.</p>")
-    parts += [f"<figure style='display:inline-block'><img src='figures/{n}' alt='{e(cap)}'><figcaption style='max-width:400px;font-size:small'>{e(cap)}</figcaption></figure>" for n, cap in overlays]
+    parts.append(
+        "<h2>Worst slices</h2><p>For each method and organ: the case with the lowest Dice, at the axial slice with the most disagreeing voxels.</p>"
+    )
+    parts += [
+        f"<figure style='display:inline-block'><img src='figures/{n}' alt='{e(cap)}'><figcaption style='max-width:400px;font-size:small'>{e(cap)}</figcaption></figure>"
+        for n, cap in overlays
+    ]
     parts.append(f"<p style='font-size:small'>versions: {e(json.dumps(summary['versions']))}</p></body></html>")
     return "\n".join(parts)
 
@@ -229,7 +266,9 @@ def write_report(out_dir: str | os.PathLike, ev: MetricTable, n_boot: int = 1000
         boxes = _box_plots(fig_dir, ev)
         overlays = _overlays(fig_dir, ev)
         (tmp / "report.html").write_text(_html(summary, ev, boxes, overlays))
-        publish(tmp, out_dir, ("figures", "metrics.csv", "summary.json", "report.html"))  # html last: marks a complete report
+        publish(
+            tmp, out_dir, ("figures", "metrics.csv", "summary.json", "report.html")
+        )  # html last: marks a complete report
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return summary

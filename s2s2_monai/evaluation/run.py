@@ -26,8 +26,15 @@ __all__ = ["evaluate_folders", "evaluate_datalist", "numbered_label_map"]
 def numbered_label_map(num_classes: int) -> LabelMap:
     """A label map ``class_1 .. class_{K-1}`` for ``--num-classes K`` (K counts the background)."""
     if num_classes < 2:
-        raise S2S2InputError(None, f"--num-classes must be >= 2 (background + 1 class), got {num_classes}", "count the background too")
-    return LabelMap(name=f"numbered_{num_classes}", classes={i: f"class_{i}" for i in range(1, num_classes)}, modality="CT", anatomy="scan")
+        raise S2S2InputError(
+            None, f"--num-classes must be >= 2 (background + 1 class), got {num_classes}", "count the background too"
+        )
+    return LabelMap(
+        name=f"numbered_{num_classes}",
+        classes={i: f"class_{i}" for i in range(1, num_classes)},
+        modality="CT",
+        anatomy="scan",
+    )
 
 
 def evaluate_folders(
@@ -72,7 +79,11 @@ def evaluate_folders(
             if found:
                 image = load_volume(found[0])
                 if tuple(image.shape[1:]) != tuple(pred.shape):
-                    raise S2S2InputError(found[0], f"image grid {tuple(image.shape[1:])} differs from prediction grid {tuple(pred.shape)}", "give the images the predictions were made from")
+                    raise S2S2InputError(
+                        found[0],
+                        f"image grid {tuple(image.shape[1:])} differs from prediction grid {tuple(pred.shape)}",
+                        "give the images the predictions were made from",
+                    )
         ev.add(pair.case, pred, gt, spacing_of(affine), method=pair.method, image=image)
     return write_report(out_dir, ev, n_boot=n_boot, seed=seed)
 
@@ -128,13 +139,19 @@ def evaluate_datalist(
 
     dl = as_datalist(datalist, data_root)
     if not dl.items(section):
-        raise S2S2InputError(dl.path, f"datalist has no entries in section {section!r}", "choose a section with cases (training/validation/test)")
+        raise S2S2InputError(
+            dl.path,
+            f"datalist has no entries in section {section!r}",
+            "choose a section with cases (training/validation/test)",
+        )
     lm = dl.label_map if label_map is None else get_label_map(label_map)
     ev = MetricTable(lm.classes, hd95=hd95, legacy_transunet=legacy_transunet, label_map=lm.name)
     out_dir = Path(out_dir)
     for case in iter_cases(dl, section, transform=transform, progress=progress, desc=f"evaluating {section}"):
         if legacy_transunet:
-            pred = legacy_predict_volume(network, case.image, input_size=input_size or LEGACY_INPUT_SIZE, batch_size=batch_size, device=device)
+            pred = legacy_predict_volume(
+                network, case.image, input_size=input_size or LEGACY_INPUT_SIZE, batch_size=batch_size, device=device
+            )
         else:
             pred = predict_volume(network, case.image, input_size=input_size, batch_size=batch_size, device=device)
         if case.label is not None:
@@ -142,5 +159,9 @@ def evaluate_datalist(
         if write_predictions:
             write_prediction(pred, case.affine, case.source_affine, out_dir / "predictions" / f"{case.case_id}.nii.gz")
     if not ev.rows:
-        raise S2S2InputError(dl.path, f"no case of section {section!r} has a label, so nothing can be scored", "add 'label' entries or evaluate another section")
+        raise S2S2InputError(
+            dl.path,
+            f"no case of section {section!r} has a label, so nothing can be scored",
+            "add 'label' entries or evaluate another section",
+        )
     return write_report(out_dir, ev)

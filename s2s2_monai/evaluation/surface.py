@@ -32,7 +32,6 @@ __all__ = [
 ]
 
 
-
 def class_boxes(labels: Sequence[torch.Tensor], num_classes: int) -> dict[int, tuple[slice, slice, slice]]:
     """Bounding box of each class id present in any of ``labels`` (union over the volumes).
 
@@ -67,7 +66,9 @@ def _boxes_cpu(lab: torch.Tensor) -> dict[int, tuple[slice, slice, slice]]:
 
 def _boxes_torch(lab: torch.Tensor, num_classes: int) -> dict[int, tuple[slice, slice, slice]]:
     shape, k, dev = lab.shape, int(num_classes), lab.device
-    off_xz = (k * (torch.arange(shape[0], device=dev)[:, None] * shape[2] + torch.arange(shape[2], device=dev)[None, :]))[:, None, :]
+    off_xz = (
+        k * (torch.arange(shape[0], device=dev)[:, None] * shape[2] + torch.arange(shape[2], device=dev)[None, :])
+    )[:, None, :]
     off_y = (k * torch.arange(shape[1], device=dev))[None, :, None]
     lab = lab.to(torch.int64)
     xz = torch.bincount((lab + off_xz).reshape(-1), minlength=shape[0] * shape[2] * k).view(shape[0], shape[2], k) > 0
@@ -157,7 +158,11 @@ def _normals_table() -> torch.Tensor:
 
 
 def nearest_distances(
-    src: torch.Tensor, dst: torch.Tensor, spacing: Sequence[float], chunk_bytes: int = 1 << 28, backend: str | None = None
+    src: torch.Tensor,
+    dst: torch.Tensor,
+    spacing: Sequence[float],
+    chunk_bytes: int = 1 << 28,
+    backend: str | None = None,
 ) -> torch.Tensor:
     """Euclidean distance (mm, float64) from each voxel index in ``src`` to the nearest one in ``dst``.
 
@@ -188,5 +193,8 @@ def nearest_distances(
     b = dst.to(torch.float64) * scale
     rows = max(1, chunk_bytes // (8 * max(1, b.shape[0])))
     return torch.cat(
-        [torch.cdist(a[i : i + rows], b, compute_mode="donot_use_mm_for_euclid_dist").amin(dim=1) for i in range(0, a.shape[0], rows)]
+        [
+            torch.cdist(a[i : i + rows], b, compute_mode="donot_use_mm_for_euclid_dist").amin(dim=1)
+            for i in range(0, a.shape[0], rows)
+        ]
     )

@@ -121,7 +121,11 @@ def load_model_bundle(root: str | os.PathLike, name: str | None = None) -> Model
     """
     root = Path(root).resolve()
     if not (root / TRAIN_CONFIG).is_file() and not (root / INFER_CONFIG).is_file():
-        raise S2S2InputError(root, f"no {TRAIN_CONFIG} here: not an exported S2S2 model", "create it with `s2s2 export-bundle --config bundles/synapse/train.json --checkpoint CKPT --out MODELS/NAME`")
+        raise S2S2InputError(
+            root,
+            f"no {TRAIN_CONFIG} here: not an exported S2S2 model",
+            "create it with `s2s2 export-bundle --config bundles/synapse/train.json --checkpoint CKPT --out MODELS/NAME`",
+        )
     config = root / INFER_CONFIG if (root / INFER_CONFIG).is_file() else root / TRAIN_CONFIG
     parser = read_config([config], root)
     fix = "export the bundle again with `s2s2 export-bundle`"
@@ -133,7 +137,12 @@ def load_model_bundle(root: str | os.PathLike, name: str | None = None) -> Model
     if "network_def" not in parser:
         raise S2S2InputError(config, "the config has no 'network_def'", fix)
     size = parse_setting(parser, "input_size", config, fix) if "input_size" in parser else None
-    return ModelBundle(name=name or root.name, root=root, label_map=label_map, input_size=None if size is None else tuple(int(s) for s in size))
+    return ModelBundle(
+        name=name or root.name,
+        root=root,
+        label_map=label_map,
+        input_size=None if size is None else tuple(int(s) for s in size),
+    )
 
 
 def export_bundle(
@@ -157,10 +166,14 @@ def export_bundle(
     """
     config_files = [Path(c) for c in config_files]
     if not config_files:
-        raise S2S2InputError(None, "no config files given", "pass --config bundles/synapse/train.json (then any overlays)")
+        raise S2S2InputError(
+            None, "no config files given", "pass --config bundles/synapse/train.json (then any overlays)"
+        )
     for c in config_files:
         if not c.is_file():
-            raise S2S2InputError(c, "config file not found", "pass the bundle's train.json and the overlays used for training")
+            raise S2S2InputError(
+                c, "config file not found", "pass the bundle's train.json and the overlays used for training"
+            )
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not force:
         raise S2S2InputError(out, "already exists", "choose another --out or pass --force to replace it")
@@ -206,10 +219,18 @@ def resolve_models(models_dir: str | os.PathLike, models: str = "all") -> list[P
     names = [n.strip() for n in str(models).split(",") if n.strip()]
     if names in ([], ["all"]):
         if not found:
-            raise S2S2InputError(models_dir, "holds no exported model", "create one with `s2s2 export-bundle --config bundles/synapse/train.json --checkpoint CKPT --out MODELS_DIR/NAME` and pass --conf models_dir MODELS_DIR")
+            raise S2S2InputError(
+                models_dir,
+                "holds no exported model",
+                "create one with `s2s2 export-bundle --config bundles/synapse/train.json --checkpoint CKPT --out MODELS_DIR/NAME` and pass --conf models_dir MODELS_DIR",
+            )
         return found
     by_name = {p.name: p for p in found}
     missing = [n for n in names if n not in by_name]
     if missing:
-        raise S2S2InputError(models_dir, f"no model folder for {missing} (available: {sorted(by_name)})", "export it with `s2s2 export-bundle ... --out MODELS_DIR/NAME` or fix --conf models")
+        raise S2S2InputError(
+            models_dir,
+            f"no model folder for {missing} (available: {sorted(by_name)})",
+            "export it with `s2s2 export-bundle ... --out MODELS_DIR/NAME` or fix --conf models",
+        )
     return [by_name[n] for n in names]

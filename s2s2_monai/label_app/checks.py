@@ -24,7 +24,9 @@ AIR_HU = -500.0
 MIN_AIR_FRACTION = 1e-3
 
 
-def check_modality_range(image: np.ndarray | torch.Tensor, modality: str, path: str | os.PathLike | None = None) -> float:
+def check_modality_range(
+    image: np.ndarray | torch.Tensor, modality: str, path: str | os.PathLike | None = None
+) -> float:
     """Raise unless the raw (not yet windowed) intensities look like ``modality``.
 
     Args:

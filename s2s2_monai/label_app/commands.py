@@ -22,8 +22,14 @@ def _export_bundle(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     from s2s2_monai.cli_options import add_checkpoint, add_config, add_out
 
-    p = sub.add_parser("export-bundle", help="write a trained model as a MONAI Label model folder (configs/ + models/model.pt)")
-    add_config(p, "bundle config file, a path (e.g. bundles/synapse/train.json), then each overlay used for training; repeat, merged in order", required=True)
+    p = sub.add_parser(
+        "export-bundle", help="write a trained model as a MONAI Label model folder (configs/ + models/model.pt)"
+    )
+    add_config(
+        p,
+        "bundle config file, a path (e.g. bundles/synapse/train.json), then each overlay used for training; repeat, merged in order",
+        required=True,
+    )
     add_checkpoint(p, "trained weights: runs/NAME/models/model.pt or a checkpoint_epoch=N.pt")
     add_out(p, "model folder to create, MODELS_DIR/NAME (NAME is the model name in MONAI Label)")
     p.add_argument("--force", action="store_true", help="replace an existing --out")

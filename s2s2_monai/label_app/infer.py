@@ -64,7 +64,13 @@ class S2S2InferTask(BasicInferTask):
 
     def info(self) -> dict[str, Any]:
         info = super().info()
-        info.update({"modality": self.bundle.modality, "label_map": self.bundle.label_map.name, "input_size": self.bundle.input_size})
+        info.update(
+            {
+                "modality": self.bundle.modality,
+                "label_map": self.bundle.label_map.name,
+                "input_size": self.bundle.input_size,
+            }
+        )
         return info
 
     def pre_transforms(self, data=None):

@@ -42,12 +42,19 @@ class S2S2App(MONAILabelApp):
     def __init__(self, app_dir: str, studies: str, conf: dict[str, str]) -> None:
         conf = dict(conf or {})
         if strtobool(conf.get("sam2", "false")):
-            raise S2S2InputError(None, "SAM2 is not served by this app (it needs weights from the internet)", "start with --conf sam2 false")
+            raise S2S2InputError(
+                None,
+                "SAM2 is not served by this app (it needs weights from the internet)",
+                "start with --conf sam2 false",
+            )
         zoo = conf.get("zoo_source", "local")
         if zoo != "local":
             logger.warning("zoo_source %r ignored: this app serves local model folders only and never downloads", zoo)
         self.models_dir = Path(conf.get("models_dir", os.path.join(app_dir, "model"))).resolve()
-        self.bundles = {b.name: b for b in (load_model_bundle(p) for p in resolve_models(self.models_dir, conf.get("models", "all")))}
+        self.bundles = {
+            b.name: b
+            for b in (load_model_bundle(p) for p in resolve_models(self.models_dir, conf.get("models", "all")))
+        }
         label_maps = {b.label_map.name for b in self.bundles.values()}
         super().__init__(
             app_dir=app_dir,
@@ -82,11 +89,16 @@ class S2S2App(MONAILabelApp):
         if isinstance(image, str) and not os.path.exists(image):
             ds = datastore if datastore is not None else self.datastore()
             if not ds.get_image_uri(image):
-                raise HTTPException(status_code=404, detail=f"image {image!r} is not in the studies folder; GET /datastore/?output=all lists the ids")
+                raise HTTPException(
+                    status_code=404,
+                    detail=f"image {image!r} is not in the studies folder; GET /datastore/?output=all lists the ids",
+                )
         try:
             return super().infer(request, datastore)
         except S2S2InputError as exc:
-            raise HTTPException(status_code=422, detail=f"model {request.get('model')!r}: {exc.problem}. Fix: {exc.fix}") from None
+            raise HTTPException(
+                status_code=422, detail=f"model {request.get('model')!r}: {exc.problem}. Fix: {exc.fix}"
+            ) from None
 
     def train(self, request):
         self._check_model(request.get("model"), self._trainers)

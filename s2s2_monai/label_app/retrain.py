@@ -38,14 +38,20 @@ def split_items(items: Sequence[Mapping], val_split: float = 0.2) -> tuple[list[
     """
     items = [dict(i) for i in items]
     if not items:
-        raise S2S2InputError(None, "no labelled study to train on", "save at least one final label (3D Slicer: 'Submit Label') before training")
+        raise S2S2InputError(
+            None,
+            "no labelled study to train on",
+            "save at least one final label (3D Slicer: 'Submit Label') before training",
+        )
     if len(items) == 1:
         return items, items
     n_val = min(len(items) - 1, max(1, math.ceil(len(items) * float(val_split))))
     return items[:-n_val], items[-n_val:]
 
 
-def write_studies_datalist(items: Sequence[Mapping], label_map: LabelMap, out: str | os.PathLike, val_split: float = 0.2) -> Path:
+def write_studies_datalist(
+    items: Sequence[Mapping], label_map: LabelMap, out: str | os.PathLike, val_split: float = 0.2
+) -> Path:
     """Write a project datalist (absolute paths, ``label_map``, ``modality``) for the studies."""
     training, validation = split_items(items, val_split)
     out = Path(out)

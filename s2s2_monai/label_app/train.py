@@ -23,7 +23,14 @@ __all__ = ["S2S2TrainTask"]
 logger = logging.getLogger(__name__)
 
 #: Request keys passed to the bundle as overrides (with their type), besides the task's own.
-BUNDLE_KEYS = {"batch_size": int, "learning_rate": float, "val_interval": int, "stack_n": int, "stack_generator": str, "num_workers": int}
+BUNDLE_KEYS = {
+    "batch_size": int,
+    "learning_rate": float,
+    "val_interval": int,
+    "stack_n": int,
+    "stack_generator": str,
+    "num_workers": int,
+}
 
 
 class S2S2TrainTask(TrainTask):
@@ -34,10 +41,19 @@ class S2S2TrainTask(TrainTask):
         max_epochs / use_stack / val_split: defaults the client may change per request.
     """
 
-    def __init__(self, bundle: ModelBundle, max_epochs: int = 50, use_stack: bool = True, val_split: float = 0.2) -> None:
-        super().__init__(f"Train {bundle.name} ({bundle.label_map.name} label map) with its bundle on the labelled studies")
+    def __init__(
+        self, bundle: ModelBundle, max_epochs: int = 50, use_stack: bool = True, val_split: float = 0.2
+    ) -> None:
+        super().__init__(
+            f"Train {bundle.name} ({bundle.label_map.name} label map) with its bundle on the labelled studies"
+        )
         self.bundle = bundle
-        self._config = {"max_epochs": int(max_epochs), "use_stack": bool(use_stack), "val_split": float(val_split), "from_current": True}
+        self._config = {
+            "max_epochs": int(max_epochs),
+            "use_stack": bool(use_stack),
+            "val_split": float(val_split),
+            "from_current": True,
+        }
         self._last: dict[str, Any] = {}
 
     def config(self) -> dict[str, Any]:

@@ -91,17 +91,23 @@ class ResNetV2(nn.Module):
     def __init__(self, in_channels: int, block_units: Sequence[int], width_factor: float) -> None:
         super().__init__()
         w = self.width = int(64 * width_factor)
-        self.root = nn.Sequential(OrderedDict(
-            conv=StdConv2d(in_channels, w, 7, stride=2, padding=3, bias=False),
-            gn=nn.GroupNorm(32, w, eps=1e-6),
-            relu=nn.ReLU(inplace=True),
-        ))
+        self.root = nn.Sequential(
+            OrderedDict(
+                conv=StdConv2d(in_channels, w, 7, stride=2, padding=3, bias=False),
+                gn=nn.GroupNorm(32, w, eps=1e-6),
+                relu=nn.ReLU(inplace=True),
+            )
+        )
         self.pool = nn.MaxPool2d(kernel_size=3, stride=2, padding=0)
         stages = []  # (cin, cout, cmid, stride) of each stage's first unit
         for i, (cin, stride) in enumerate(((w, 1), (4 * w, 2), (8 * w, 2))):
             cout, cmid = 4 * w * 2**i, w * 2**i
-            units = [Bottleneck(cin, cout, cmid, stride)] + [Bottleneck(cout, cout, cmid) for _ in range(block_units[i] - 1)]
-            stages.append((f"block{i + 1}", nn.Sequential(OrderedDict((f"unit{j + 1}", u) for j, u in enumerate(units)))))
+            units = [Bottleneck(cin, cout, cmid, stride)] + [
+                Bottleneck(cout, cout, cmid) for _ in range(block_units[i] - 1)
+            ]
+            stages.append(
+                (f"block{i + 1}", nn.Sequential(OrderedDict((f"unit{j + 1}", u) for j, u in enumerate(units))))
+            )
         self.body = nn.Sequential(OrderedDict(stages))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -121,8 +127,13 @@ class Embeddings(nn.Module):
     """ResNet trunk, 1x1 patch embedding of its H/16 map, learned position embeddings and dropout."""
 
     def __init__(
-        self, in_channels: int, grid: tuple[int, int], hidden_size: int, block_units: Sequence[int],
-        width_factor: float, dropout_rate: float,
+        self,
+        in_channels: int,
+        grid: tuple[int, int],
+        hidden_size: int,
+        block_units: Sequence[int],
+        width_factor: float,
+        dropout_rate: float,
     ) -> None:
         super().__init__()
         self.hybrid_model = ResNetV2(in_channels, block_units, width_factor)
@@ -177,7 +188,9 @@ class Mlp(nn.Module):
 class Block(nn.Module):
     """Pre-norm ViT block: x + attn(LN(x)), then x + mlp(LN(x))."""
 
-    def __init__(self, hidden_size: int, mlp_dim: int, num_heads: int, dropout_rate: float, attention_dropout_rate: float) -> None:
+    def __init__(
+        self, hidden_size: int, mlp_dim: int, num_heads: int, dropout_rate: float, attention_dropout_rate: float
+    ) -> None:
         super().__init__()
         self.attention_norm = nn.LayerNorm(hidden_size, eps=1e-6)
         self.ffn_norm = nn.LayerNorm(hidden_size, eps=1e-6)
@@ -221,7 +234,9 @@ class Conv2dReLU(nn.Sequential):
 
     def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__(
-            nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False), nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True)
+            nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
+            nn.BatchNorm2d(out_channels),
+            nn.ReLU(inplace=True),
         )
 
 
@@ -245,7 +260,11 @@ class DecoderCup(nn.Module):
     """Cascaded upsampler: tokens to a (hidden, H/16, W/16) map, ``conv_more``, four :class:`DecoderBlock`."""
 
     def __init__(
-        self, hidden_size: int, grid: tuple[int, int], decoder_channels: Sequence[int], skip_channels: Sequence[int],
+        self,
+        hidden_size: int,
+        grid: tuple[int, int],
+        decoder_channels: Sequence[int],
+        skip_channels: Sequence[int],
         head_channels: int = 512,
     ) -> None:
         super().__init__()
@@ -313,7 +332,9 @@ class TransUNet(nn.Module):
         super().__init__()
         size = (img_size, img_size) if isinstance(img_size, int) else tuple(int(s) for s in img_size)
         if len(size) != 2 or any(s <= 0 or s % 16 for s in size):
-            raise ValueError(f"TransUNet img_size must be a positive multiple of 16 (one or two values), got {img_size}")
+            raise ValueError(
+                f"TransUNet img_size must be a positive multiple of 16 (one or two values), got {img_size}"
+            )
         if hidden_size % num_heads:
             raise ValueError(f"hidden_size {hidden_size} is not divisible by num_heads {num_heads}")
         if len(block_units) != 3 or min(block_units) < 1:
@@ -332,7 +353,11 @@ class TransUNet(nn.Module):
         self.transformer = Transformer(
             Embeddings(root_in, grid, hidden_size, block_units, width_factor, dropout_rate),
             Encoder(
-                num_layers, hidden_size, mlp_dim=mlp_dim, num_heads=num_heads, dropout_rate=dropout_rate,
+                num_layers,
+                hidden_size,
+                mlp_dim=mlp_dim,
+                num_heads=num_heads,
+                dropout_rate=dropout_rate,
                 attention_dropout_rate=attention_dropout_rate,
             ),
         )

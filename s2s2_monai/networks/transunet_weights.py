@@ -87,7 +87,10 @@ def _npz_plan(model: nn.Module) -> Plan:
     plan: Plan = {
         emb + "patch_embeddings.weight": ("embedding/kernel", conv),
         emb + "patch_embeddings.bias": ("embedding/bias", flat),
-        emb + "position_embeddings": ("Transformer/posembed_input/pos_embedding", lambda a: resize_position_embedding(a, grid)),
+        emb + "position_embeddings": (
+            "Transformer/posembed_input/pos_embedding",
+            lambda a: resize_position_embedding(a, grid),
+        ),
         t + "encoder.encoder_norm.weight": ("Transformer/encoder_norm/scale", flat),
         t + "encoder.encoder_norm.bias": ("Transformer/encoder_norm/bias", flat),
         res + "root.conv.weight": ("conv_root/kernel", conv),
@@ -127,7 +130,7 @@ def _timm_plan(model: nn.Module) -> Plan:
         return a
 
     def qkv_part(j):  # rows [q; k; v] of the fused (3 * hidden, ...) projection
-        return lambda a: a[j * hidden:(j + 1) * hidden]
+        return lambda a: a[j * hidden : (j + 1) * hidden]
 
     bb = "patch_embed.backbone."
     plan: Plan = {
@@ -162,18 +165,26 @@ def _timm_plan(model: nn.Module) -> Plan:
 
 
 def _apply(
-    model: nn.Module, tensors: Mapping[str, torch.Tensor], plan: Plan, path: Path, ignored: tuple[str, ...], strict: bool
+    model: nn.Module,
+    tensors: Mapping[str, torch.Tensor],
+    plan: Plan,
+    path: Path,
+    ignored: tuple[str, ...],
+    strict: bool,
 ) -> list[str]:
     used = {key for key, _ in plan.values()}
     missing = sorted(used - set(tensors))
     if missing:
         raise S2S2InputError(
-            path, f"{len(missing)} expected key(s) missing, e.g. {missing[:5]}",
+            path,
+            f"{len(missing)} expected key(s) missing, e.g. {missing[:5]}",
             "give the file of the matching model (R50+ViT-B/16 hybrid) or build TransUNet to match it",
         )
     unknown = sorted(k for k in set(tensors) - used if not k.startswith(ignored))
     if unknown and strict:
-        raise S2S2InputError(path, f"{len(unknown)} unknown key(s), e.g. {unknown[:5]}", "pass strict=False to skip them")
+        raise S2S2InputError(
+            path, f"{len(unknown)} unknown key(s), e.g. {unknown[:5]}", "pass strict=False to skip them"
+        )
     params = dict(model.named_parameters())
     with torch.no_grad():
         for name, (key, transform) in plan.items():
@@ -183,7 +194,8 @@ def _apply(
                 value = None
             if value is None or tuple(value.shape) != tuple(params[name].shape):
                 raise S2S2InputError(
-                    path, f"{key} of shape {tuple(tensors[key].shape)} does not fit {name} {tuple(params[name].shape)}",
+                    path,
+                    f"{key} of shape {tuple(tensors[key].shape)} does not fit {name} {tuple(params[name].shape)}",
                     "build TransUNet with the file's hidden_size / num_layers / block_units / width_factor",
                 )
             params[name].copy_(value)
@@ -214,19 +226,9 @@ def load_r50_vit_npz(model: nn.Module, path: str | Path, strict: bool = True) ->
 
 
 def load_timm_weights(model: nn.Module, path: str | Path, strict: bool = True) -> list[str]:
-    """Load a timm ``vit_base_r50_s16_{224,384}`` state dict (``.pth``/``.bin``/``.safetensors``) into the encoder.
-
-    Args:
-        model: a :class:`~s2s2_monai.networks.transunet.TransUNet`.
-        path: the local state-dict file (a ``{"state_dict": ...}`` or ``{"model": ...}`` wrapper is unwrapped).
-        strict: fail on keys that are neither used nor classification parts (``cls_token``, ``head.``, ...).
-
-    Returns:
-        The names of the loaded parameters (all of ``model.transformer``).
-
-    Raises:
-        S2S2InputError: unreadable file, missing/unknown keys or shapes that do not fit (names the file).
-    """
+    """Like :func:`load_r50_vit_npz`, for a timm ``vit_base_r50_s16_{224,384}`` state dict (``.pth``, ``.bin`` or
+    ``.safetensors``; a ``{"state_dict": ...}`` / ``{"model": ...}`` wrapper is unwrapped; ``cls_token``, ``head.``
+    and the like are the ignored classification parts)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -237,7 +239,9 @@ def load_timm_weights(model: nn.Module, path: str | Path, strict: bool = True) -
         else:
             tensors = torch.load(path, map_location="cpu", weights_only=True)
     except (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError, SafetensorError) as err:
-        raise S2S2InputError(path, f"cannot read as a state dict ({err})", "give a local timm .pth/.bin/.safetensors file") from None
+        raise S2S2InputError(
+            path, f"cannot read as a state dict ({err})", "give a local timm .pth/.bin/.safetensors file"
+        ) from None
     for wrapper in ("state_dict", "model"):
         if isinstance(tensors, Mapping) and isinstance(tensors.get(wrapper), Mapping):
             tensors = tensors[wrapper]

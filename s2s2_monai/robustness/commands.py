@@ -34,39 +34,41 @@ def resolve_configs(configs: list[str] | None, bundle: str) -> list[str] | None:
             )
             out.append(str(legacy.absolute()))
             continue
-        raise S2S2InputError(path, "config file not found", f"give the path of a bundle config file (relative to the current folder), e.g. --config {Path(bundle) / 'train.json'}")
+        raise S2S2InputError(
+            path,
+            "config file not found",
+            f"give the path of a bundle config file (relative to the current folder), e.g. --config {Path(bundle) / 'train.json'}",
+        )
     return out
 
 
 def _robustness(args: argparse.Namespace) -> int:
     import torch
 
-    from s2s2_monai.cli_options import parse_sets
+    from s2s2_monai.cli_options import options_for, parse_sets
     from s2s2_monai.errors import S2S2InputError
     from s2s2_monai.robustness.run import load_bundle_network, robustness_evaluation
 
     configs = resolve_configs(args.config, args.bundle)
     if not Path(args.checkpoint).is_file():  # before the (slow) bundle config is parsed
-        raise S2S2InputError(args.checkpoint, "checkpoint file not found", "pass the models/model.pt written by training (--checkpoint)")
+        raise S2S2InputError(
+            args.checkpoint, "checkpoint file not found", "pass the models/model.pt written by training (--checkpoint)"
+        )
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     network, settings = load_bundle_network(args.bundle, args.checkpoint, configs, parse_sets(args.set), device=device)
     input_size = args.input_size or settings["input_size"]
     result = robustness_evaluation(
         network,
-        args.datalist,
-        args.out,
-        section=args.section,
-        corruptions=args.corruption,
-        copies=args.copies,
-        seed=args.seed,
-        input_size=input_size,
-        label_map=args.label_map,
-        hd95=args.hd95 or settings["hd95"],
-        device=device,
-        batch_size=args.batch_size,
-        data_root=args.data_root,
-        n_boot=args.bootstrap,
-        progress=not args.no_progress,
+        **options_for(
+            robustness_evaluation,
+            args,
+            out_dir=args.out,
+            corruptions=args.corruption,
+            input_size=input_size,
+            hd95=args.hd95 or settings["hd95"],
+            device=device,
+            n_boot=args.bootstrap,
+        ),
     )
     fmt = lambda v: "nan" if v is None else f"{v:.4f}"  # noqa: E731
     for name, r in result["robustness"]["dice"].items():
@@ -77,7 +79,15 @@ def _robustness(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from s2s2_monai.cli_options import add_checkpoint, add_config, add_no_progress, add_out, add_set
+    from s2s2_monai.cli_options import (
+        add_checkpoint,
+        add_config,
+        add_datalist,
+        add_no_progress,
+        add_out,
+        add_seed,
+        add_set,
+    )
     from s2s2_monai.evaluation.names import HD95_DEFINITIONS
     from s2s2_monai.label_maps import LABEL_MAPS
     from s2s2_monai.robustness.names import CORRUPTION_NAMES, DEFAULT_SEVERITY, SEVERITIES
@@ -92,22 +102,44 @@ def register(sub: argparse._SubParsersAction) -> None:
             f"(mildest first); this command runs severity {DEFAULT_SEVERITY}, the upstream setting."
         ),
     )
-    p.add_argument("--bundle", required=True, metavar="DIR", help="bundle folder (e.g. bundles/synapse); its inference.json (else train.json) is the default --config")
+    p.add_argument(
+        "--bundle",
+        required=True,
+        metavar="DIR",
+        help="bundle folder (e.g. bundles/synapse); its inference.json (else train.json) is the default --config",
+    )
     add_checkpoint(p, "trained weights (models/model.pt or a checkpoint_epoch=N.pt)")
-    p.add_argument("--datalist", required=True, metavar="JSON", help="datalist JSON of the volumes to corrupt")
+    add_datalist(p, "datalist JSON of the volumes to corrupt")
     add_out(p, "report folder")
-    add_config(p, "bundle config file, a path relative to the current folder; repeat, merged in order, e.g. --config bundles/synapse/train.json --config bundles/synapse/cooperative.json")
+    add_config(
+        p,
+        "bundle config file, a path relative to the current folder; repeat, merged in order, e.g. --config bundles/synapse/train.json --config bundles/synapse/cooperative.json",
+    )
     add_set(p, "bundle setting override, as for monai.bundle (VALUE read as JSON when it parses); repeat")
-    p.add_argument("--data-root", default=None, metavar="DIR", help="root of relative datalist paths (default: the datalist's folder)")
     p.add_argument("--section", default="test", help="datalist section (default test)")
-    p.add_argument("--corruption", action="append", choices=CORRUPTION_NAMES, default=None, help=f"corruption(s) to run (default all {len(CORRUPTION_NAMES)}), at severity {DEFAULT_SEVERITY} of {levels}")
+    p.add_argument(
+        "--corruption",
+        action="append",
+        choices=CORRUPTION_NAMES,
+        default=None,
+        help=f"corruption(s) to run (default all {len(CORRUPTION_NAMES)}), at severity {DEFAULT_SEVERITY} of {levels}",
+    )
     p.add_argument("--copies", type=int, default=3, help="seeded copies per case and corruption (default 3)")
-    p.add_argument("--seed", type=int, default=0, help="base seed of the copies (default 0)")
-    p.add_argument("--input-size", type=int, nargs=2, default=None, metavar=("H", "W"), help="network input size (default the bundle's input_size)")
+    add_seed(p, "base seed of the copies")
+    p.add_argument(
+        "--input-size",
+        type=int,
+        nargs=2,
+        default=None,
+        metavar=("H", "W"),
+        help="network input size (default the bundle's input_size)",
+    )
     p.add_argument("--label-map", default=None, choices=sorted(LABEL_MAPS), help="label map (default the datalist's)")
     p.add_argument("--hd95", default=None, choices=HD95_DEFINITIONS, help="HD95 definition (default the bundle's)")
     p.add_argument("--device", default=None, help="torch device (default cuda when available)")
     p.add_argument("--batch-size", type=int, default=32, help="slices per forward pass")
-    p.add_argument("--bootstrap", type=int, default=10000, help="bootstrap resamples of the clean-vs-corruption comparisons")
+    p.add_argument(
+        "--bootstrap", type=int, default=10000, help="bootstrap resamples of the clean-vs-corruption comparisons"
+    )
     add_no_progress(p)
     p.set_defaults(func=_robustness)

@@ -85,7 +85,9 @@ def _torchio():
     try:
         import torchio
     except ImportError as exc:  # pragma: no cover - torchio is an install requirement
-        raise S2S2InputError(None, "the robustness corruptions need TorchIO, which is not installed", "pip install torchio") from exc
+        raise S2S2InputError(
+            None, "the robustness corruptions need TorchIO, which is not installed", "pip install torchio"
+        ) from exc
     return torchio
 
 
@@ -125,7 +127,13 @@ class Corruption:
     def record(self, severity: int = 3) -> dict:
         """JSON-ready description of one level (for reports)."""
         p = self.params(severity)
-        return {"corruption": self.name, "severity": int(severity), "implementation": self.implementation, "params": p, "text": self.fmt.format(**p)}
+        return {
+            "corruption": self.name,
+            "severity": int(severity),
+            "implementation": self.implementation,
+            "params": p,
+            "text": self.fmt.format(**p),
+        }
 
     def __getitem__(self, i: int):
         """Legacy ``CORRUPTIONS[name][0 | 1]`` = (implementation, level-3 parameters); use :meth:`record`."""
@@ -134,7 +142,9 @@ class Corruption:
 
 def _check_severity(severity) -> int:
     if isinstance(severity, bool) or severity not in SEVERITIES:
-        raise S2S2InputError(None, f"severity {severity!r} is not a level", f"use one of {', '.join(map(str, SEVERITIES))}")
+        raise S2S2InputError(
+            None, f"severity {severity!r} is not a level", f"use one of {', '.join(map(str, SEVERITIES))}"
+        )
     return int(severity)
 
 
@@ -176,7 +186,9 @@ def _graded_motion_class():
 
 
 def _motion(degrees, translation, unmoved):
-    return _graded_motion_class()(centre_scale=unmoved * 3.0, degrees=degrees, translation=translation, num_transforms=2)
+    return _graded_motion_class()(
+        centre_scale=unmoved * 3.0, degrees=degrees, translation=translation, num_transforms=2
+    )
 
 
 def _spike(intensity):
@@ -190,7 +202,9 @@ def _lambda(fn: Callable[[torch.Tensor], torch.Tensor], **params) -> Callable:
     """A TorchIO transform applying ``fn(channel_tensor, **params)`` to each intensity image."""
     tio = _torchio()
     f = functools.partial(fn, **params)
-    return tio.Lambda(lambda t: torch.stack([f(c.float()).to(torch.float32) for c in t]), types_to_apply=[tio.INTENSITY])
+    return tio.Lambda(
+        lambda t: torch.stack([f(c.float()).to(torch.float32) for c in t]), types_to_apply=[tio.INTENSITY]
+    )
 
 
 def _jittered_signed(m: float) -> float:
@@ -361,7 +375,10 @@ def severity_table() -> list[dict]:
 
 def severity_table_markdown() -> str:
     """The five levels of every corruption as a markdown table (one row per corruption)."""
-    lines = ["| corruption | " + " | ".join(f"level {s}" for s in SEVERITIES) + " | level 3 = |", "|---" * (len(SEVERITIES) + 2) + "|"]
+    lines = [
+        "| corruption | " + " | ".join(f"level {s}" for s in SEVERITIES) + " | level 3 = |",
+        "|---" * (len(SEVERITIES) + 2) + "|",
+    ]
     for c in CORRUPTIONS.values():
         cells = [c.fmt.format(**c.params(s)) for s in SEVERITIES]
         lines.append(f"| `{c.name}` | " + " | ".join(cells) + f" | {c.level3} |")
@@ -378,7 +395,9 @@ def _rescale01(x: torch.Tensor) -> torch.Tensor:
     return (x - lo) / (hi - lo) if hi > lo else torch.zeros_like(x)
 
 
-def corrupt_volume(image, corruption: str, seed: int, spacing: Sequence[float] = (1.0, 1.0, 1.0), severity: int = 3) -> np.ndarray:
+def corrupt_volume(
+    image, corruption: str, seed: int, spacing: Sequence[float] = (1.0, 1.0, 1.0), severity: int = 3
+) -> np.ndarray:
     """One seeded corrupted copy of a volume.
 
     Args:

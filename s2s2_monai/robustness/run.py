@@ -65,7 +65,9 @@ def load_bundle_network(
 
     bundle_dir = Path(bundle_dir)
     if not bundle_dir.is_dir():
-        raise S2S2InputError(bundle_dir, "bundle folder not found", "pass --bundle bundles/synapse (the folder holding train.json)")
+        raise S2S2InputError(
+            bundle_dir, "bundle folder not found", "pass --bundle bundles/synapse (the folder holding train.json)"
+        )
     if not config_files:
         config_files = ["inference.json"] if (bundle_dir / "inference.json").is_file() else ["train.json"]
     paths = [Path(f) if Path(f).is_absolute() else bundle_dir / f for f in config_files]
@@ -94,7 +96,9 @@ def _plot(path: Path, clean: list[float], per_corruption: dict[str, list[float]]
     fig, ax = plt.subplots(figsize=(1.4 * len(names) + 2, 3.6))
     ax.boxplot([d if d.size else np.array([np.nan]) for d in data], showmeans=True)
     ax.set_xticks(range(1, len(names) + 1), names)
-    ax.axhline(np.mean(data[0]) if data[0].size else np.nan, color="tab:green", linestyle="--", linewidth=1, label="clean mean")
+    ax.axhline(
+        np.mean(data[0]) if data[0].size else np.nan, color="tab:green", linestyle="--", linewidth=1, label="clean mean"
+    )
     ax.set_ylabel("mean Dice per case (copy)")
     ax.set_ylim(0, 1)
     ax.set_title("Dice per corruption vs clean")
@@ -115,7 +119,9 @@ def _html_section(table: dict, copies: int, seed: int) -> str:
     ]
     for name, r in table.items():
         drop = "" if name == "clean" else f"{r['drop']:.4g}"
-        rows.append(f"<tr><td class='l'>{e(name)}</td><td>{r['mean_dice']:.4g}</td><td>{r['std']:.4g}</td><td>{drop}</td><td>{r['n']}</td></tr>")
+        rows.append(
+            f"<tr><td class='l'>{e(name)}</td><td>{r['mean_dice']:.4g}</td><td>{r['std']:.4g}</td><td>{drop}</td><td>{r['n']}</td></tr>"
+        )
     rows.append("</table><img src='figures/robustness_dice.png' alt='Dice per corruption'>")
     return "\n".join(rows)
 
@@ -169,13 +175,19 @@ def robustness_evaluation(
     corruptions = list(corruptions) if corruptions is not None else list(CORRUPTIONS)
     unknown = [c for c in corruptions if c not in CORRUPTIONS]
     if unknown or not corruptions:
-        raise S2S2InputError(None, f"unknown or no corruptions {unknown or corruptions}", f"choose from {', '.join(CORRUPTIONS)}")
+        raise S2S2InputError(
+            None, f"unknown or no corruptions {unknown or corruptions}", f"choose from {', '.join(CORRUPTIONS)}"
+        )
     if copies < 1:
         raise S2S2InputError(None, f"copies must be >= 1, got {copies}", "use --copies 3 (the default)")
     dl = as_datalist(datalist, data_root)
     entries = [e for e in dl.items(section) if e.get("label")]
     if not entries:
-        raise S2S2InputError(dl.path, f"datalist has no labelled cases in section {section!r}", "choose a section with labelled cases (--section validation)")
+        raise S2S2InputError(
+            dl.path,
+            f"datalist has no labelled cases in section {section!r}",
+            "choose a section with labelled cases (--section validation)",
+        )
     lm = dl.label_map if label_map is None else get_label_map(label_map)
     ev = MetricTable(lm.classes, hd95=hd95 or DEFAULT_HD95, label_map=lm.name)
     rows: list[dict] = []
@@ -186,7 +198,9 @@ def robustness_evaluation(
     for entry in entries:
         case = load_entry(dl, entry)
         pred = predict_volume(network, case.image, input_size=input_size, batch_size=batch_size, device=device)
-        clean_scores.append(_mean_dice(ev.add(case.case_id, pred, case.label, case.spacing, method="clean", image=case.image)))
+        clean_scores.append(
+            _mean_dice(ev.add(case.case_id, pred, case.label, case.spacing, method="clean", image=case.image))
+        )
         bar.update()
         for name in corruptions:
             for k in range(copies):
@@ -195,13 +209,26 @@ def robustness_evaluation(
                 pred = predict_volume(network, image, input_size=input_size, batch_size=batch_size, device=device)
                 metrics = ev.add(case.case_id, pred, case.label, case.spacing, method=name, image=image)
                 scores[name].append(_mean_dice(metrics))
-                rows.append({"corruption": name, "copy": k, "seed": s, "case": case.case_id, "mean_dice": scores[name][-1], **{f"dice_{lm.name_of(c)}": metrics[c]["dice"] for c in lm.classes}})
+                rows.append(
+                    {
+                        "corruption": name,
+                        "copy": k,
+                        "seed": s,
+                        "case": case.case_id,
+                        "mean_dice": scores[name][-1],
+                        **{f"dice_{lm.name_of(c)}": metrics[c]["dice"] for c in lm.classes},
+                    }
+                )
                 bar.update()
     bar.close()
 
     def stats(vals):
         a = np.asarray([v for v in vals if np.isfinite(v)], dtype=np.float64)
-        return {"mean_dice": float(a.mean()) if a.size else float("nan"), "std": float(a.std()) if a.size else float("nan"), "n": int(a.size)}
+        return {
+            "mean_dice": float(a.mean()) if a.size else float("nan"),
+            "std": float(a.std()) if a.size else float("nan"),
+            "n": int(a.size),
+        }
 
     table = {"clean": stats(clean_scores)}
     for name in corruptions:
@@ -230,9 +257,17 @@ def robustness_evaluation(
         page = (rep / "report.html").read_text()
         cut = page.rfind("<h2>Per organ</h2>")
         section_html = _html_section(table, copies, seed)
-        page = page[:cut] + section_html + "\n" + page[cut:] if cut >= 0 else page.replace("</body>", section_html + "</body>")
-        (rep / "report.html").write_text(page.replace("<title>s2s2 evaluation</title>", "<title>s2s2 robustness</title>", 1))
-        publish(rep, out_dir, ("figures", "metrics.csv", "summary.json", "robustness.csv", "robustness.json", "report.html"))
+        page = (
+            page[:cut] + section_html + "\n" + page[cut:]
+            if cut >= 0
+            else page.replace("</body>", section_html + "</body>")
+        )
+        (rep / "report.html").write_text(
+            page.replace("<title>s2s2 evaluation</title>", "<title>s2s2 robustness</title>", 1)
+        )
+        publish(
+            rep, out_dir, ("figures", "metrics.csv", "summary.json", "robustness.csv", "robustness.json", "report.html")
+        )
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     return {"summary": summary, "robustness": json_safe(robustness)}

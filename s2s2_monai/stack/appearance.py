@@ -92,7 +92,9 @@ def label_statistics(
         img = unit.to_unit(np.squeeze(_as_numpy(image))).astype(np.float64).ravel()
         lab2d = with_peri_organ_band(np.squeeze(_as_numpy(label)), band_fraction)
         # interior pixels only: edges carry the real image's partial volume, which blur re-creates
-        interior = (minimum_filter(lab2d, 3, mode="nearest") == lab2d) & (maximum_filter(lab2d, 3, mode="nearest") == lab2d)
+        interior = (minimum_filter(lab2d, 3, mode="nearest") == lab2d) & (
+            maximum_filter(lab2d, 3, mode="nearest") == lab2d
+        )
         lab = np.where(interior, lab2d.astype(np.int64), size).ravel()
         c = np.bincount(lab, minlength=size + 1)[:size]
         a = np.bincount(lab, weights=img, minlength=size + 1)[:size]
@@ -184,10 +186,14 @@ class AppearanceGenerator(StackGenerator):
                     yield s
 
         band = kwargs.get("band_fraction", 0.03)
-        return cls(label_statistics(pairs(), UnitIntensity.for_modality(modality), min_pixels, band_fraction=band), **kwargs)
+        return cls(
+            label_statistics(pairs(), UnitIntensity.for_modality(modality), min_pixels, band_fraction=band), **kwargs
+        )
 
     @classmethod
-    def fit(cls, volumes, data_root: str | os.PathLike | None = None, min_pixels: int = 16, **kwargs) -> AppearanceGenerator:
+    def fit(
+        cls, volumes, data_root: str | os.PathLike | None = None, min_pixels: int = 16, **kwargs
+    ) -> AppearanceGenerator:
         """Fit statistics on the labelled training cases.
 
         Args:
@@ -206,11 +212,19 @@ class AppearanceGenerator(StackGenerator):
             for z in range(case.num_slices)
         )
         band = kwargs.get("band_fraction", 0.03)
-        return cls(label_statistics(pairs, UnitIntensity.for_modality(volumes.datalist.modality), min_pixels, band_fraction=band), **kwargs)
+        return cls(
+            label_statistics(
+                pairs, UnitIntensity.for_modality(volumes.datalist.modality), min_pixels, band_fraction=band
+            ),
+            **kwargs,
+        )
 
     # ------------------------------------------------------------------ interface
     def settings(self) -> dict:
-        stats = {k: {f: v[f] for f in ("mean", "std", "spread")} for k, v in sorted(self.stats.items(), key=lambda kv: int(kv[0]))}
+        stats = {
+            k: {f: v[f] for f in ("mean", "std", "spread")}
+            for k, v in sorted(self.stats.items(), key=lambda kv: int(kv[0]))
+        }
         return {"version": 1, "stats": stats, **self.params}
 
     def _label_params(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

@@ -96,18 +96,28 @@ def make_generator(
         return AppearanceGenerator.fit(volumes)
     if generator == "diffusion":
         if sd_dir is None or controlnet_dir is None:
-            raise S2S2InputError(None, "--generator diffusion needs both --sd-dir and --controlnet-dir", "pass the Stable Diffusion folder and the fine-tuned ControlNet folder (see `s2s2 controlnet train`)")
+            raise S2S2InputError(
+                None,
+                "--generator diffusion needs both --sd-dir and --controlnet-dir",
+                "pass the Stable Diffusion folder and the fine-tuned ControlNet folder (see `s2s2 controlnet train`)",
+            )
         from s2s2_monai.stack.diffusion import DiffusionGenerator
 
         kwargs = {"resolution": int(resolution)} if resolution else {}
-        return DiffusionGenerator(sd_dir, controlnet_dir, batch_size=batch_size, device=device, label_map=volumes.datalist.label_map, **kwargs)
+        return DiffusionGenerator(
+            sd_dir, controlnet_dir, batch_size=batch_size, device=device, label_map=volumes.datalist.label_map, **kwargs
+        )
     raise S2S2InputError(None, f"unknown stack generator {generator!r}", "use 'appearance' or 'diffusion'")
 
 
 def _require_labels(volumes) -> None:
     for case in volumes.cases:
         if case.label is None:
-            raise S2S2InputError(case.image_path, "training case has no label; a semantic stack is generated from masks", "add a 'label' to every training entry of the datalist")
+            raise S2S2InputError(
+                case.image_path,
+                "training case has no label; a semantic stack is generated from masks",
+                "add a 'label' to every training entry of the datalist",
+            )
 
 
 def slice_jobs(volumes, spec: dict) -> tuple[list[list], dict[str, dict]]:
@@ -128,7 +138,13 @@ def slice_jobs(volumes, spec: dict) -> tuple[list[list], dict[str, dict]]:
             key = entry_key(digest, prompt, spec)
             slices.append([case.case_id, z, key])
             if key not in jobs:
-                jobs[key] = {"case": ci, "z": z, "mask_sha256": digest, "prompt": prompt, "seed": slice_seed(spec["seed"], digest, prompt)}
+                jobs[key] = {
+                    "case": ci,
+                    "z": z,
+                    "mask_sha256": digest,
+                    "prompt": prompt,
+                    "seed": slice_seed(spec["seed"], digest, prompt),
+                }
     return slices, jobs
 
 
@@ -219,24 +235,43 @@ def build_stack(
         raise S2S2InputError(None, f"--batch-size must be >= 1, got {batch_size}", "use a positive batch size")
     if Path(out_dir).exists() and not Path(out_dir).is_dir():
         raise S2S2InputError(out_dir, "exists and is not a folder", "give --out a new or existing stack cache folder")
-    if isinstance(datalist, (str, os.PathLike)):  # the datalist's own errors before the imaging stack (MONAI) is imported
+    if isinstance(
+        datalist, (str, os.PathLike)
+    ):  # the datalist's own errors before the imaging stack (MONAI) is imported
         from s2s2_monai.data.datalist import load_datalist
 
         datalist = load_datalist(datalist, data_root)
         if not datalist.items("training"):
-            raise S2S2InputError(datalist.path, "datalist has no 'training' entries", "list the training cases whose masks get stacks")
+            raise S2S2InputError(
+                datalist.path, "datalist has no 'training' entries", "list the training cases whose masks get stacks"
+            )
     from s2s2_monai.data.slices import VolumeCache
+
     t0 = time.perf_counter()
     rank, world, local_rank, init_here = _init_distributed()
     try:
-        volumes = datalist if isinstance(datalist, VolumeCache) else VolumeCache(datalist, "training", data_root, progress=progress and rank == 0)
+        volumes = (
+            datalist
+            if isinstance(datalist, VolumeCache)
+            else VolumeCache(datalist, "training", data_root, progress=progress and rank == 0)
+        )
         if not volumes.cases:
-            raise S2S2InputError(volumes.datalist.path, "datalist has no 'training' entries", "list the training cases whose masks get stacks")
+            raise S2S2InputError(
+                volumes.datalist.path,
+                "datalist has no 'training' entries",
+                "list the training cases whose masks get stacks",
+            )
         _require_labels(volumes)
         device = f"cuda:{local_rank}" if world > 1 and _cuda() else None
         gen = make_generator(generator, volumes, sd_dir, controlnet_dir, resolution, batch_size, device)
         bounds = QualityBounds.fit_volumes(volumes) if qc else None
-        spec = {"generator": gen.name, "settings": gen.settings(), "n": int(n), "seed": int(seed), "qc": bounds.to_dict() if bounds else None}
+        spec = {
+            "generator": gen.name,
+            "settings": gen.settings(),
+            "n": int(n),
+            "seed": int(seed),
+            "qc": bounds.to_dict() if bounds else None,
+        }
         try:
             canonical_json(spec)
         except (TypeError, ValueError) as exc:
@@ -260,7 +295,9 @@ def build_stack(
         _barrier(world)
         keys = sorted(jobs)[rank::world]
         todo, skipped, rebuilt = [], 0, 0
-        for key in tqdm(keys, desc="checking stack", disable=not progress or rank != 0 or not keys, unit="entry", leave=False):
+        for key in tqdm(
+            keys, desc="checking stack", disable=not progress or rank != 0 or not keys, unit="entry", leave=False
+        ):
             status = cache.check_entry(key, full=verify_existing)
             if status == "ok":
                 skipped += 1
@@ -297,9 +334,24 @@ def build_stack(
         if rank == 0:
             info = cache.info(full=True)
             if not info["complete"]:
-                raise RuntimeError(f"stack cache {out_dir} incomplete after build: {len(info['missing'])} missing, {len(info['corrupt'])} corrupt entries")
+                raise RuntimeError(
+                    f"stack cache {out_dir} incomplete after build: {len(info['missing'])} missing, {len(info['corrupt'])} corrupt entries"
+                )
             sheet = write_contact_sheet(cache, volumes, Path(out_dir) / "contact_sheet.png") if contact_sheet else None
-            summary.update({k: info[k] for k in ("members", "bytes_on_disk", "bytes_per_member", "bytes_per_pixel", "qc_pass_rate", "qc_flagged", "digest")})
+            summary.update(
+                {
+                    k: info[k]
+                    for k in (
+                        "members",
+                        "bytes_on_disk",
+                        "bytes_per_member",
+                        "bytes_per_pixel",
+                        "qc_pass_rate",
+                        "qc_flagged",
+                        "digest",
+                    )
+                }
+            )
             summary["contact_sheet"] = str(sheet) if sheet else None
         _barrier(world)
         summary["seconds"] = round(time.perf_counter() - t0, 3)
@@ -329,7 +381,14 @@ def _fixed_batches(keys: list[str], shape_of, batch_size: int) -> list[list[str]
 
 
 def _generate_batch(
-    gen: StackGenerator, cache: StackCache, volumes, jobs: dict, batch: list[str], n: int, bounds: QualityBounds | None, write: set[str]
+    gen: StackGenerator,
+    cache: StackCache,
+    volumes,
+    jobs: dict,
+    batch: list[str],
+    n: int,
+    bounds: QualityBounds | None,
+    write: set[str],
 ) -> None:
     """Generate one batch of same-shape masks; check, quantise and store the entries in ``write``."""
     masks = np.stack([volumes.cases[jobs[k]["case"]].label[:, :, jobs[k]["z"]] for k in batch]).astype(np.uint8)
@@ -337,7 +396,9 @@ def _generate_batch(
     seeds = [jobs[k]["seed"] for k in batch]
     images = np.asarray(gen.generate(masks, prompts, seeds, n))
     if images.shape != (len(batch), n, *masks.shape[1:]):
-        raise ValueError(f"generator {gen.name!r} returned shape {images.shape}, expected {(len(batch), n, *masks.shape[1:])} (stacks must be aligned with the masks)")
+        raise ValueError(
+            f"generator {gen.name!r} returned shape {images.shape}, expected {(len(batch), n, *masks.shape[1:])} (stacks must be aligned with the masks)"
+        )
     for b, key in enumerate(batch):
         if key not in write:
             continue
@@ -345,7 +406,13 @@ def _generate_batch(
         if bounds is not None:
             imgs, records = check_and_regenerate(gen, masks[b], prompts[b], seeds[b], imgs, bounds)
         job = jobs[key]
-        meta = {"generator": gen.name, "prompt": job["prompt"], "seed": job["seed"], "mask_sha256": job["mask_sha256"], "qc": records}
+        meta = {
+            "generator": gen.name,
+            "prompt": job["prompt"],
+            "seed": job["seed"],
+            "mask_sha256": job["mask_sha256"],
+            "qc": records,
+        }
         cache.write_entry(key, to_uint8(imgs), meta)
 
 
@@ -376,5 +443,9 @@ def ensure_stack(
         build_kwargs.setdefault("verify_existing", False)
         build_stack(datalist, stack_dir, generator=generator, n=n, seed=seed, data_root=data_root, **build_kwargs)
     elif not (stack_dir / "manifest.json").is_file():
-        raise S2S2InputError(stack_dir, "no stack cache here", f"build it with `s2s2 stack build --datalist {datalist} --out {stack_dir}` or set build_stack_if_missing true")
+        raise S2S2InputError(
+            stack_dir,
+            "no stack cache here",
+            f"build it with `s2s2 stack build --datalist {datalist} --out {stack_dir}` or set build_stack_if_missing true",
+        )
     return str(stack_dir)

@@ -220,13 +220,21 @@ class StackCache:
         if self._manifest is None:
             path = self.manifest_path
             if not path.is_file():
-                raise S2S2InputError(self.root, "is not a stack cache (no manifest.json)", "build one with `s2s2 stack build --out DIR`")
+                raise S2S2InputError(
+                    self.root, "is not a stack cache (no manifest.json)", "build one with `s2s2 stack build --out DIR`"
+                )
             try:
                 manifest = json.loads(path.read_text())
             except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                raise S2S2InputError(path, f"manifest is not valid JSON ({exc})", "re-run `s2s2 stack build` on this folder") from None
+                raise S2S2InputError(
+                    path, f"manifest is not valid JSON ({exc})", "re-run `s2s2 stack build` on this folder"
+                ) from None
             if manifest.get("format") != FORMAT:
-                raise S2S2InputError(path, f"unknown stack cache format {manifest.get('format')!r} (expected {FORMAT!r})", "rebuild the stack with this version")
+                raise S2S2InputError(
+                    path,
+                    f"unknown stack cache format {manifest.get('format')!r} (expected {FORMAT!r})",
+                    "rebuild the stack with this version",
+                )
             self._manifest = manifest
         return self._manifest
 

@@ -27,22 +27,10 @@ def format_info(info: dict) -> str:
 
 
 def _build(args: argparse.Namespace) -> int:
+    from s2s2_monai.cli_options import options_for
     from s2s2_monai.stack.build import build_stack
 
-    summary = build_stack(
-        args.datalist,
-        args.out,
-        generator=args.generator,
-        n=args.n,
-        seed=args.seed,
-        data_root=args.data_root,
-        batch_size=args.batch_size,
-        sd_dir=args.sd_dir,
-        controlnet_dir=args.controlnet_dir,
-        resolution=args.resolution,
-        progress=not args.no_progress,
-        qc=not args.no_qc,
-    )
+    summary = build_stack(**options_for(build_stack, args, out_dir=args.out, qc=not args.no_qc))
     if summary["rank"] == 0:
         print(
             f"stack {args.out}: {summary['entries']} entries for {summary['slices']} slices "
@@ -70,28 +58,54 @@ def _verify(args: argparse.Namespace) -> int:
             print(f"corrupt: {key}")
         for key in info["missing"]:
             print(f"missing: {key}")
-        print(f"FAILED: {len(info['corrupt'])} corrupt, {len(info['missing'])} missing of {info['entries']} entries; re-run `s2s2 stack build` to rebuild them")
+        print(
+            f"FAILED: {len(info['corrupt'])} corrupt, {len(info['missing'])} missing of {info['entries']} entries; re-run `s2s2 stack build` to rebuild them"
+        )
         return 1
     print(f"OK: {info['entries']} entries, {info['members']} members verified; digest {info['digest']}")
     return 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from s2s2_monai.cli_options import add_no_progress, add_out
+    from s2s2_monai.cli_options import add_command_group, add_datalist, add_no_progress, add_out, add_seed
 
-    stack = sub.add_parser("stack", help="build and inspect semantic stack caches")
-    ssub = stack.add_subparsers(dest="stack_command", required=True, metavar="ACTION")
+    ssub = add_command_group(sub, "stack", "build and inspect semantic stack caches")
 
-    p = ssub.add_parser("build", help="generate the stacks of every training slice (resumable; run under torchrun to shard)")
-    p.add_argument("--datalist", metavar="JSON", required=True, help="datalist JSON (its 'training' section)")
-    p.add_argument("--generator", choices=("appearance", "diffusion"), default="appearance", help="diffusion = SD + ControlNet (the paper); appearance = weight-free substitute")
-    p.add_argument("--n", "--members", dest="n", type=int, default=16, help="members per mask (default 16); under torchrun write --members (torchrun's own parser mistakes --n for a prefix of its options)")
+    p = ssub.add_parser(
+        "build", help="generate the stacks of every training slice (resumable; run under torchrun to shard)"
+    )
+    add_datalist(p, "datalist JSON (its 'training' section)")
+    p.add_argument(
+        "--generator",
+        choices=("appearance", "diffusion"),
+        default="appearance",
+        help="diffusion = SD + ControlNet (the paper); appearance = weight-free substitute",
+    )
+    p.add_argument(
+        "--n",
+        "--members",
+        dest="n",
+        type=int,
+        default=16,
+        help="members per mask (default 16); under torchrun write --members (torchrun's own parser mistakes --n for a prefix of its options)",
+    )
     add_out(p, "cache folder")
-    p.add_argument("--data-root", metavar="DIR", default=None, help="root of relative datalist paths")
-    p.add_argument("--sd-dir", metavar="DIR", default=None, help="Stable Diffusion folder (diffusers layout), for --generator diffusion")
-    p.add_argument("--controlnet-dir", metavar="DIR", default=None, help="fine-tuned ControlNet folder, for --generator diffusion")
-    p.add_argument("--seed", type=int, default=0, help="global seed (default 0)")
-    p.add_argument("--resolution", type=int, default=None, help="diffusion generation resolution (default 512); stacks are stored at the slice grid")
+    p.add_argument(
+        "--sd-dir",
+        metavar="DIR",
+        default=None,
+        help="Stable Diffusion folder (diffusers layout), for --generator diffusion",
+    )
+    p.add_argument(
+        "--controlnet-dir", metavar="DIR", default=None, help="fine-tuned ControlNet folder, for --generator diffusion"
+    )
+    add_seed(p, "global seed")
+    p.add_argument(
+        "--resolution",
+        type=int,
+        default=None,
+        help="diffusion generation resolution (default 512); stacks are stored at the slice grid",
+    )
     p.add_argument("--batch-size", type=int, default=8, help="masks per generator call (default 8)")
     p.add_argument("--no-qc", action="store_true", help="skip the per-organ intensity quality check")
     add_no_progress(p)

@@ -8,25 +8,13 @@ __all__ = ["register"]
 
 
 def _train(args: argparse.Namespace) -> int:
+    from s2s2_monai.cli_options import options_for
     from s2s2_monai.stack.finetune import ControlNetTrainConfig, train_controlnet
 
     config = ControlNetTrainConfig(
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        grad_accum=args.grad_accum,
-        lr=args.lr,
-        resolution=args.resolution,
-        seed=args.seed,
-        checkpoint_every=args.checkpoint_every,
-        keep_checkpoints=args.keep_checkpoints,
-        max_steps=args.max_steps,
-        labelled_only=args.labelled_only,
-        mixed_precision=not args.no_mixed_precision,
-        num_workers=args.num_workers,
+        **options_for(ControlNetTrainConfig, args, mixed_precision=not args.no_mixed_precision)
     )
-    result = train_controlnet(
-        args.sd_dir, args.datalist, args.out, config, resume=args.resume, device=args.device, data_root=args.data_root, progress=not args.no_progress
-    )
+    result = train_controlnet(**options_for(train_controlnet, args, config=config))
     start = f" (resumed at step {result.resumed_from})" if result.resumed_from is not None else ""
     last = f", last loss {result.losses[-1]:.4f}" if result.losses else ""
     print(f"trained {result.steps} steps{start}{last}; ControlNet written to {result.controlnet_dir}")
@@ -34,22 +22,29 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from s2s2_monai.cli_options import add_no_progress, add_out
+    from s2s2_monai.cli_options import add_command_group, add_datalist, add_no_progress, add_out, add_seed
 
-    p = sub.add_parser("controlnet", help="ControlNet fine-tuning on a datalist (Stable Diffusion frozen)")
-    csub = p.add_subparsers(dest="controlnet_command", required=True, metavar="COMMAND")
+    csub = add_command_group(sub, "controlnet", "ControlNet fine-tuning on a datalist (Stable Diffusion frozen)")
     t = csub.add_parser("train", help="fine-tune a ControlNet on the training slices (resumable)")
-    t.add_argument("--sd-dir", metavar="DIR", required=True, help="local Stable Diffusion folder in diffusers layout (nothing is downloaded)")
-    t.add_argument("--datalist", metavar="JSON", required=True, help="datalist JSON; its training section (with labels) is used")
+    t.add_argument(
+        "--sd-dir",
+        metavar="DIR",
+        required=True,
+        help="local Stable Diffusion folder in diffusers layout (nothing is downloaded)",
+    )
+    add_datalist(t, "datalist JSON; its training section (with labels) is used")
     add_out(t, "output folder (checkpoints/, controlnet/, train_config.json, losses.json)")
-    t.add_argument("--data-root", metavar="DIR", default=None, help="root of relative datalist paths (default: the datalist's folder)")
     t.add_argument("--epochs", type=int, default=100, help="epochs over the training slices (default 100)")
     t.add_argument("--batch-size", type=int, default=16, help="slices per micro-batch (default 16)")
     t.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step (default 1)")
     t.add_argument("--lr", type=float, default=1e-5, help="AdamW learning rate (default 1e-5)")
-    t.add_argument("--resolution", type=int, default=512, help="square training size (default 512; 192 for the 4-class sets)")
-    t.add_argument("--seed", type=int, default=0, help="random seed (data order, noise, timesteps)")
-    t.add_argument("--checkpoint-every", type=int, default=500, help="optimizer steps between checkpoints (default 500)")
+    t.add_argument(
+        "--resolution", type=int, default=512, help="square training size (default 512; 192 for the 4-class sets)"
+    )
+    add_seed(t, "random seed (data order, noise, timesteps)")
+    t.add_argument(
+        "--checkpoint-every", type=int, default=500, help="optimizer steps between checkpoints (default 500)"
+    )
     t.add_argument("--keep-checkpoints", type=int, default=2, help="newest checkpoints kept (default 2)")
     t.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps in total")
     t.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")

@@ -83,12 +83,19 @@ class DiffusionGenerator(StackGenerator):
         self.controlnet_dir = check_controlnet_folder(controlnet_dir, self.sd_dir)
         self.device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
         self.dtype = torch.float16 if self.device.type == "cuda" else torch.float32
-        self.resolution, self.steps, self.guidance_scale, self.eta = int(resolution), int(steps), float(guidance_scale), float(eta)
+        self.resolution, self.steps, self.guidance_scale, self.eta = (
+            int(resolution),
+            int(steps),
+            float(guidance_scale),
+            float(eta),
+        )
         self.batch_size, self.progress = int(batch_size), progress
         self.label_map = get_label_map(label_map)
         parts = load_sd_components(self.sd_dir, torch_dtype=self.dtype)
         controlnet = load_controlnet(self.controlnet_dir, self.sd_dir, torch_dtype=self.dtype)
-        factor = 2 ** (len(parts.vae.config.block_out_channels) - 1) * 2 ** (len(parts.unet.config.block_out_channels) - 1)
+        factor = 2 ** (len(parts.vae.config.block_out_channels) - 1) * 2 ** (
+            len(parts.unet.config.block_out_channels) - 1
+        )
         if self.resolution % factor:
             raise ValueError(f"resolution {self.resolution} must be a multiple of {factor} for this model")
         self.pipe = StableDiffusionControlNetPipeline(
@@ -126,7 +133,9 @@ class DiffusionGenerator(StackGenerator):
         if masks.ndim != 3:
             raise ValueError(f"masks must be (B, H, W), got shape {masks.shape}")
         if len(prompts) != len(masks) or len(seeds) != len(masks):
-            raise ValueError(f"need one prompt and one seed per mask: {len(masks)} masks, {len(prompts)} prompts, {len(seeds)} seeds")
+            raise ValueError(
+                f"need one prompt and one seed per mask: {len(masks)} masks, {len(prompts)} prompts, {len(seeds)} seeds"
+            )
         if self.label_map is not None and masks.size:
             unknown = sorted(set(np.unique(masks).tolist()) - self.label_map.valid_ids())
             if unknown:
@@ -148,7 +157,9 @@ class DiffusionGenerator(StackGenerator):
         for s in tqdm(starts, desc="diffusion stacks", unit="batch", disable=not self.progress or len(starts) < 2):
             sl = slice(s, min(s + self.batch_size, b_total))
             cond = render_label_map(masks[sl], self.resolution).to(self.device, self.dtype)
-            generators = [torch.Generator("cpu").manual_seed(member_seed(seed, j)) for seed in seeds[sl] for j in range(n)]
+            generators = [
+                torch.Generator("cpu").manual_seed(member_seed(seed, j)) for seed in seeds[sl] for j in range(n)
+            ]
             images = self.pipe(
                 prompt=list(prompts[sl]),
                 image=cond,

@@ -59,7 +59,17 @@ __all__ = [
 ]
 
 #: config fields that must not change when resuming
-_RESUME_FIXED = ("batch_size", "grad_accum", "lr", "resolution", "seed", "weight_decay", "lr_warmup_steps", "labelled_only", "max_grad_norm")
+_RESUME_FIXED = (
+    "batch_size",
+    "grad_accum",
+    "lr",
+    "resolution",
+    "seed",
+    "weight_decay",
+    "lr_warmup_steps",
+    "labelled_only",
+    "max_grad_norm",
+)
 
 
 @dataclass
@@ -85,7 +95,9 @@ class ControlNetTrainConfig:
     def validate(self) -> None:
         for name in ("epochs", "batch_size", "grad_accum", "resolution", "checkpoint_every", "keep_checkpoints"):
             if getattr(self, name) < 1:
-                raise S2S2InputError(None, f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}", "pass a positive value")
+                raise S2S2InputError(
+                    None, f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}", "pass a positive value"
+                )
         if self.max_steps is not None and self.max_steps < 0:
             raise S2S2InputError(None, f"--max-steps must be >= 0, got {self.max_steps}", "pass a non-negative value")
         if not self.lr > 0:
@@ -124,7 +136,11 @@ class ControlNetSliceDataset(Dataset):
     def __getitem__(self, i: int) -> dict:
         item = self.slices.slice_item(i)
         if "label" not in item:
-            raise S2S2InputError(None, f"case {item['case_id']} has no label", "every training case needs a label to fine-tune a ControlNet")
+            raise S2S2InputError(
+                None,
+                f"case {item['case_id']} has no label",
+                "every training case needs a label to fine-tune a ControlNet",
+            )
         mask = item["label"][0].numpy().astype(np.uint8)
         unit = torch.from_numpy(self.unit.to_unit(item["image"].numpy()))[None]  # (1, 1, X, Y)
         unit = resize_images(unit, (self.resolution, self.resolution)).clamp(0.0, 1.0)[0]
@@ -147,7 +163,9 @@ def controlnet_from_unet(unet, vae):
     return ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(16, 32, 96, 256)[: levels + 1])
 
 
-def controlnet_loss(parts: SDComponents, controlnet, noise_scheduler, batch: dict, generator: torch.Generator, autocast: bool = False) -> torch.Tensor:
+def controlnet_loss(
+    parts: SDComponents, controlnet, noise_scheduler, batch: dict, generator: torch.Generator, autocast: bool = False
+) -> torch.Tensor:
     """Noise-prediction MSE of the frozen UNet steered by ``controlnet`` on one batch.
 
     ``generator`` (CPU) draws the VAE latent sample, the noise and the timesteps, in that order.
@@ -157,12 +175,20 @@ def controlnet_loss(parts: SDComponents, controlnet, noise_scheduler, batch: dic
     device, wdtype = parts.unet.device, parts.unet.dtype
     pixels = batch["pixel_values"].to(device, wdtype)
     cond = batch["conditioning"].to(device, wdtype)
-    ids = parts.tokenizer(list(batch["prompt"]), padding="max_length", max_length=parts.tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids.to(device)
+    ids = parts.tokenizer(
+        list(batch["prompt"]),
+        padding="max_length",
+        max_length=parts.tokenizer.model_max_length,
+        truncation=True,
+        return_tensors="pt",
+    ).input_ids.to(device)
     with torch.no_grad():
         latents = parts.vae.encode(pixels).latent_dist.sample(generator=generator) * parts.vae.config.scaling_factor
         text = parts.text_encoder(ids)[0]
     noise = randn_tensor(latents.shape, generator=generator, device=device, dtype=latents.dtype)
-    t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (latents.shape[0],), generator=generator).to(device)
+    t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (latents.shape[0],), generator=generator).to(
+        device
+    )
     noisy = noise_scheduler.add_noise(latents, noise, t)
     with torch.autocast(device.type, dtype=torch.float16, enabled=autocast):
         down, mid = controlnet(noisy, t, encoder_hidden_states=text, controlnet_cond=cond, return_dict=False)
@@ -267,7 +293,9 @@ def train_controlnet(
     out = Path(out)
     ckpt = latest_checkpoint(out)  # existence only; resume reads it below (and skips a corrupt one)
     if ckpt is not None and not resume:
-        raise S2S2InputError(out, f"already holds checkpoints (newest {ckpt.name})", "pass --resume to continue, or choose another --out")
+        raise S2S2InputError(
+            out, f"already holds checkpoints (newest {ckpt.name})", "pass --resume to continue, or choose another --out"
+        )
     dev = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
     amp = bool(config.mixed_precision and dev.type == "cuda")
     wdtype = torch.float16 if amp else torch.float32
@@ -275,7 +303,11 @@ def train_controlnet(
     parts = load_sd_components(sd_dir, torch_dtype=wdtype, device=dev)
     factor = 2 ** (len(parts.vae.config.block_out_channels) - 1) * 2 ** (len(parts.unet.config.block_out_channels) - 1)
     if config.resolution % factor:
-        raise S2S2InputError(None, f"--resolution {config.resolution} is not a multiple of {factor} (VAE x UNet downsampling)", f"use e.g. {max(factor, config.resolution // factor * factor)}")
+        raise S2S2InputError(
+            None,
+            f"--resolution {config.resolution} is not a multiple of {factor} (VAE x UNet downsampling)",
+            f"use e.g. {max(factor, config.resolution // factor * factor)}",
+        )
     for m in (parts.vae, parts.text_encoder, parts.unet):
         m.requires_grad_(False).eval()
     noise_scheduler = parts.scheduler(DDPMScheduler)
@@ -284,7 +316,9 @@ def train_controlnet(
     if not dl.items("training"):
         raise S2S2InputError(dl.path, "has no training cases", "add a 'training' section with image and label entries")
     if any("label" not in e for e in dl.items("training")):
-        raise S2S2InputError(dl.path, "has training cases without a label", "every training case needs a label to fine-tune a ControlNet")
+        raise S2S2InputError(
+            dl.path, "has training cases without a label", "every training case needs a label to fine-tune a ControlNet"
+        )
     volumes = VolumeCache(dl, "training", progress=progress)
     slices = SliceDataset(volumes, labelled_only=config.labelled_only)
     data = ControlNetSliceDataset(slices, dl.label_map, UnitIntensity.for_modality(dl.modality), config.resolution)
@@ -293,19 +327,29 @@ def train_controlnet(
 
     batches_per_epoch = math.ceil(len(data) / config.batch_size)
     steps_per_epoch = math.ceil(batches_per_epoch / config.grad_accum)
-    total = config.epochs * steps_per_epoch if config.max_steps is None else min(config.max_steps, config.epochs * steps_per_epoch)
+    total = (
+        config.epochs * steps_per_epoch
+        if config.max_steps is None
+        else min(config.max_steps, config.epochs * steps_per_epoch)
+    )
 
     generator = torch.Generator("cpu").manual_seed(config.seed)
     torch.manual_seed(config.seed)
     np.random.seed(config.seed % 2**32)
     random.seed(config.seed)
     state = None
-    readable = newest_readable(numbered_checkpoints(out / "checkpoints", STEP_DIR), _read_checkpoint) if resume else None
+    readable = (
+        newest_readable(numbered_checkpoints(out / "checkpoints", STEP_DIR), _read_checkpoint) if resume else None
+    )
     if readable is not None:
         ckpt, (state, controlnet) = readable
         changed = [k for k in _RESUME_FIXED if state["config"].get(k) != getattr(config, k)]
         if changed:
-            raise S2S2InputError(ckpt, f"was written with different {', '.join(changed)}", "resume with the same settings, or start a new --out")
+            raise S2S2InputError(
+                ckpt,
+                f"was written with different {', '.join(changed)}",
+                "resume with the same settings, or start a new --out",
+            )
     else:
         controlnet = controlnet_from_unet(parts.unet, parts.vae)
     controlnet.to(dev)
@@ -314,7 +358,11 @@ def train_controlnet(
     controlnet.train()
 
     optimizer = torch.optim.AdamW(controlnet.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    lr_scheduler = get_scheduler("constant_with_warmup" if config.lr_warmup_steps else "constant", optimizer, num_warmup_steps=config.lr_warmup_steps)
+    lr_scheduler = get_scheduler(
+        "constant_with_warmup" if config.lr_warmup_steps else "constant",
+        optimizer,
+        num_warmup_steps=config.lr_warmup_steps,
+    )
     scaler = torch.amp.GradScaler(dev.type, enabled=amp)
     step, losses = 0, []
     if state is not None:
@@ -327,7 +375,13 @@ def train_controlnet(
     out.mkdir(parents=True, exist_ok=True)
     for stale in [*(out / "checkpoints").glob(".tmp-*"), *(out / "checkpoints").glob(".old-*")]:
         shutil.rmtree(stale, ignore_errors=True)
-    run_info = {**asdict(config), "sd_dir": str(Path(sd_dir).resolve()), "sd_digest": folder_digest(sd_dir), "slices": len(data), "total_steps": total}
+    run_info = {
+        **asdict(config),
+        "sd_dir": str(Path(sd_dir).resolve()),
+        "sd_digest": folder_digest(sd_dir),
+        "slices": len(data),
+        "total_steps": total,
+    }
     write_json(out / "train_config.json", run_info)
 
     def checkpoint() -> None:

@@ -50,16 +50,26 @@ class StackPairDataset(Dataset):
         check: bool = True,
     ) -> None:
         if getattr(slice_dataset, "transform", None) is not None:
-            raise ValueError("give the transform to StackPairDataset (so it also sees image_stack), not to the SliceDataset")
+            raise ValueError(
+                "give the transform to StackPairDataset (so it also sees image_stack), not to the SliceDataset"
+            )
         self.slices = slice_dataset
         self.cache = StackCache(cache_dir)
         self.transform = transform
         manifest = self.cache.manifest
         label_map = slice_dataset.volumes.datalist.label_map
         if generator is not None and manifest["generator"] != generator:
-            raise S2S2InputError(cache_dir, f"stack was built with generator {manifest['generator']!r}, not {generator!r}", f"rebuild it with `s2s2 stack build --generator {generator}`")
+            raise S2S2InputError(
+                cache_dir,
+                f"stack was built with generator {manifest['generator']!r}, not {generator!r}",
+                f"rebuild it with `s2s2 stack build --generator {generator}`",
+            )
         if manifest.get("label_map") != label_map.name:
-            raise S2S2InputError(cache_dir, f"stack was built for label map {manifest.get('label_map')!r}, the data uses {label_map.name!r}", "build the stack from this datalist with `s2s2 stack build`")
+            raise S2S2InputError(
+                cache_dir,
+                f"stack was built for label map {manifest.get('label_map')!r}, the data uses {label_map.name!r}",
+                "build the stack from this datalist with `s2s2 stack build`",
+            )
         self.label_map = label_map
         self.unit = UnitIntensity(*manifest["unit"])
         self.n = int(manifest["n"])
@@ -78,7 +88,11 @@ class StackPairDataset(Dataset):
         if (ci, z) not in self._keys:
             case = self.slices.volumes.cases[ci]
             if case.label is None:
-                raise S2S2InputError(case.image_path, f"case {case.case_id} has no label, so it has no stack", "use labelled training cases")
+                raise S2S2InputError(
+                    case.image_path,
+                    f"case {case.case_id} has no label, so it has no stack",
+                    "use labelled training cases",
+                )
             mask = case.label[:, :, z]
             self._keys[(ci, z)] = entry_key(mask, build_prompt(mask, self.label_map), self.cache.manifest)
         return self._keys[(ci, z)]
@@ -124,7 +138,11 @@ class StackPairDataset(Dataset):
         except CorruptEntryError as exc:
             raise self._corrupt(i, key, str(exc)) from None
         if x1.shape != tuple(item["image"].shape[1:]):
-            raise S2S2InputError(self.cache.root, f"stack of case {item['case_id']} slice {item['slice_index']} is {x1.shape}, the slice is {tuple(item['image'].shape[1:])}", "rebuild the stack from this datalist")
+            raise S2S2InputError(
+                self.cache.root,
+                f"stack of case {item['case_id']} slice {item['slice_index']} is {x1.shape}, the slice is {tuple(item['image'].shape[1:])}",
+                "rebuild the stack from this datalist",
+            )
         item["image_stack"] = torch.from_numpy(self.unit.from_unit(from_uint8(x1))[None].astype(np.float32))
         item["member"] = member
         return self.transform(item) if self.transform is not None else item

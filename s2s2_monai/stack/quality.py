@@ -98,7 +98,11 @@ class QualityBounds:
 
     @classmethod
     def from_dict(cls, d: dict) -> QualityBounds:
-        return cls({int(k): (float(v[0]), float(v[1])) for k, v in d["bounds"].items()}, int(d["min_pixels"]), int(d["retries"]))
+        return cls(
+            {int(k): (float(v[0]), float(v[1])) for k, v in d["bounds"].items()},
+            int(d["min_pixels"]),
+            int(d["retries"]),
+        )
 
     def failures(self, image: np.ndarray, mask: np.ndarray) -> dict[int, float]:
         """Organs whose median (unit space) is outside its bounds: ``{id: median}``."""

@@ -45,7 +45,11 @@ SD_LAYOUT = (
 )
 CONTROLNET_LAYOUT = "config.json, diffusion_pytorch_model.safetensors (as written by ControlNetModel.save_pretrained)"
 
-_WEIGHT_STEMS = {"unet": ("diffusion_pytorch_model",), "vae": ("diffusion_pytorch_model",), "text_encoder": ("model", "pytorch_model")}
+_WEIGHT_STEMS = {
+    "unet": ("diffusion_pytorch_model",),
+    "vae": ("diffusion_pytorch_model",),
+    "text_encoder": ("model", "pytorch_model"),
+}
 
 
 def _weight_file(folder: Path, stems: tuple[str, ...]) -> Path | None:
@@ -65,7 +69,9 @@ def _read_json(path: Path, what: str, layout: str) -> dict:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise S2S2InputError(path, f"{path.name} of the {what} is not valid JSON ({exc})", "restore the file from the model repository") from None
+        raise S2S2InputError(
+            path, f"{path.name} of the {what} is not valid JSON ({exc})", "restore the file from the model repository"
+        ) from None
 
 
 def check_sd_folder(sd_dir: str | os.PathLike) -> Path:
@@ -76,10 +82,17 @@ def check_sd_folder(sd_dir: str | os.PathLike) -> Path:
     root = Path(sd_dir)
     what = "Stable Diffusion folder"
     if not root.is_dir():
-        raise S2S2InputError(root, f"{what} not found", f"pass --sd-dir pointing at a local folder in diffusers layout: {SD_LAYOUT}")
+        raise S2S2InputError(
+            root, f"{what} not found", f"pass --sd-dir pointing at a local folder in diffusers layout: {SD_LAYOUT}"
+        )
     _read_json(root / "model_index.json", what, SD_LAYOUT)
     configs = {}
-    for sub, cfg in (("unet", "config.json"), ("vae", "config.json"), ("text_encoder", "config.json"), ("scheduler", "scheduler_config.json")):
+    for sub, cfg in (
+        ("unet", "config.json"),
+        ("vae", "config.json"),
+        ("text_encoder", "config.json"),
+        ("scheduler", "scheduler_config.json"),
+    ):
         configs[sub] = _read_json(root / sub / cfg, what, SD_LAYOUT)
         if sub in _WEIGHT_STEMS and _weight_file(root / sub, _WEIGHT_STEMS[sub]) is None:
             missing = root / sub / f"{_WEIGHT_STEMS[sub][0]}.safetensors"
@@ -88,7 +101,9 @@ def check_sd_folder(sd_dir: str | os.PathLike) -> Path:
     if not (tok / "tokenizer.json").is_file():
         for name in ("vocab.json", "merges.txt"):
             if not (tok / name).is_file():
-                raise S2S2InputError(tok / name, f"missing tokenizer/{name} of the {what}", f"expected layout: {SD_LAYOUT}")
+                raise S2S2InputError(
+                    tok / name, f"missing tokenizer/{name} of the {what}", f"expected layout: {SD_LAYOUT}"
+                )
     cross, hidden = configs["unet"].get("cross_attention_dim"), configs["text_encoder"].get("hidden_size")
     if cross is not None and hidden is not None and cross != hidden:
         raise S2S2InputError(
@@ -104,10 +119,18 @@ def check_controlnet_folder(controlnet_dir: str | os.PathLike, sd_dir: str | os.
     root = Path(controlnet_dir)
     what = "ControlNet folder"
     if not root.is_dir():
-        raise S2S2InputError(root, f"{what} not found", f"train one with `s2s2 controlnet train` or pass a folder holding {CONTROLNET_LAYOUT}")
+        raise S2S2InputError(
+            root,
+            f"{what} not found",
+            f"train one with `s2s2 controlnet train` or pass a folder holding {CONTROLNET_LAYOUT}",
+        )
     cfg = _read_json(root / "config.json", what, CONTROLNET_LAYOUT)
     if _weight_file(root, ("diffusion_pytorch_model",)) is None:
-        raise S2S2InputError(root / "diffusion_pytorch_model.safetensors", f"missing weights of the {what}", f"expected layout: {CONTROLNET_LAYOUT}")
+        raise S2S2InputError(
+            root / "diffusion_pytorch_model.safetensors",
+            f"missing weights of the {what}",
+            f"expected layout: {CONTROLNET_LAYOUT}",
+        )
     if sd_dir is not None:
         sd = Path(sd_dir)
         unet = _read_json(sd / "unet" / "config.json", "Stable Diffusion folder", SD_LAYOUT)
@@ -177,7 +200,11 @@ def _load(what: Path, fn, *args, **kwargs):
     except S2S2InputError:
         raise
     except (OSError, ValueError, RuntimeError, KeyError) as exc:
-        raise S2S2InputError(what, f"cannot load ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})", "check that the folder is complete and matches the expected layout") from None
+        raise S2S2InputError(
+            what,
+            f"cannot load ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})",
+            "check that the folder is complete and matches the expected layout",
+        ) from None
 
 
 def load_sd_components(sd_dir: str | os.PathLike, torch_dtype=None, device=None) -> SDComponents:
@@ -187,8 +214,24 @@ def load_sd_components(sd_dir: str | os.PathLike, torch_dtype=None, device=None)
 
     root = check_sd_folder(sd_dir)
     common = {"local_files_only": True, "low_cpu_mem_usage": False}
-    vae = _load(root / "vae", AutoencoderKL.from_pretrained, root, subfolder="vae", torch_dtype=torch_dtype, variant=_variant(root / "vae", _WEIGHT_STEMS["vae"]), **common)
-    unet = _load(root / "unet", UNet2DConditionModel.from_pretrained, root, subfolder="unet", torch_dtype=torch_dtype, variant=_variant(root / "unet", _WEIGHT_STEMS["unet"]), **common)
+    vae = _load(
+        root / "vae",
+        AutoencoderKL.from_pretrained,
+        root,
+        subfolder="vae",
+        torch_dtype=torch_dtype,
+        variant=_variant(root / "vae", _WEIGHT_STEMS["vae"]),
+        **common,
+    )
+    unet = _load(
+        root / "unet",
+        UNet2DConditionModel.from_pretrained,
+        root,
+        subfolder="unet",
+        torch_dtype=torch_dtype,
+        variant=_variant(root / "unet", _WEIGHT_STEMS["unet"]),
+        **common,
+    )
     te_kwargs = {"local_files_only": True, "variant": _variant(root / "text_encoder", _WEIGHT_STEMS["text_encoder"])}
     if torch_dtype is not None:
         te_kwargs["dtype"] = torch_dtype
@@ -201,12 +244,22 @@ def load_sd_components(sd_dir: str | os.PathLike, torch_dtype=None, device=None)
     return parts
 
 
-def load_controlnet(controlnet_dir: str | os.PathLike, sd_dir: str | os.PathLike | None = None, torch_dtype=None, device=None):
+def load_controlnet(
+    controlnet_dir: str | os.PathLike, sd_dir: str | os.PathLike | None = None, torch_dtype=None, device=None
+):
     """``ControlNetModel.from_pretrained(dir, local_files_only=True)`` after :func:`check_controlnet_folder`."""
     from diffusers import ControlNetModel
 
     root = check_controlnet_folder(controlnet_dir, sd_dir)
-    model = _load(root, ControlNetModel.from_pretrained, root, torch_dtype=torch_dtype, local_files_only=True, low_cpu_mem_usage=False, variant=_variant(root, ("diffusion_pytorch_model",)))
+    model = _load(
+        root,
+        ControlNetModel.from_pretrained,
+        root,
+        torch_dtype=torch_dtype,
+        local_files_only=True,
+        low_cpu_mem_usage=False,
+        variant=_variant(root, ("diffusion_pytorch_model",)),
+    )
     return model.to(device) if device is not None else model
 
 
@@ -216,7 +269,11 @@ _DIGESTS: dict[tuple, str] = {}
 def folder_digest(folder: str | os.PathLike) -> str:
     """SHA-256 of a folder's files (relative paths + bytes, sorted); memoised per (size, mtime) listing."""
     root = Path(folder).resolve()
-    files = sorted(p for p in root.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts))
+    files = sorted(
+        p
+        for p in root.rglob("*")
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
+    )
     listing = tuple((p.relative_to(root).as_posix(), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
     key = (str(root), listing)
     if key not in _DIGESTS:

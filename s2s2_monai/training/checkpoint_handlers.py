@@ -56,7 +56,9 @@ class AtomicCheckpointSaver(CheckpointSaver):
             ckpt.save_handler = _AtomicDiskSaver(self.save_dir, getattr(ckpt.save_handler, "filename", None))
 
     def _checkpoints(self) -> list:
-        return [c for c in (self._final_checkpoint, self._key_metric_checkpoint, self._interval_checkpoint) if c is not None]
+        return [
+            c for c in (self._final_checkpoint, self._key_metric_checkpoint, self._interval_checkpoint) if c is not None
+        ]
 
     def attach(self, engine) -> None:
         if self.engine_key is not None:
@@ -81,7 +83,9 @@ class ResumeCheckpointLoader(CheckpointLoader):
         kwargs: other :class:`~monai.handlers.CheckpointLoader` arguments (``map_location``, ``strict``).
     """
 
-    def __init__(self, ckpt_dir: str | os.PathLike, load_dict: dict, engine_key: str | None = "trainer", **kwargs: Any) -> None:
+    def __init__(
+        self, ckpt_dir: str | os.PathLike, load_dict: dict, engine_key: str | None = "trainer", **kwargs: Any
+    ) -> None:
         super().__init__(load_path=str(ckpt_dir), load_dict=dict(load_dict), **kwargs)
         self.ckpt_dir = str(ckpt_dir)
         self.engine_key = engine_key

@@ -42,7 +42,14 @@ class ConsistencyHandler:
         eps: norm guard of the cosine.
     """
 
-    def __init__(self, tap: TapSpec | dict | str, alpha: float = 1.0, name: str = "enc", network: nn.Module | None = None, eps: float = 1e-8) -> None:
+    def __init__(
+        self,
+        tap: TapSpec | dict | str,
+        alpha: float = 1.0,
+        name: str = "enc",
+        network: nn.Module | None = None,
+        eps: float = 1e-8,
+    ) -> None:
         if isinstance(tap, str) and "." in tap and tap.split(".", 1)[0] in TAP_PRESETS:
             preset, part = tap.split(".", 1)
             tap = get_tap_preset(preset)[part]

@@ -30,7 +30,11 @@ def _number(minimum: float, strict: bool) -> tuple[Callable[[Any], bool], str]:
 
 
 def _size(v: Any) -> bool:
-    return isinstance(v, (list, tuple)) and len(v) == 2 and all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in v)
+    return (
+        isinstance(v, (list, tuple))
+        and len(v) == 2
+        and all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in v)
+    )
 
 
 def _choices() -> dict[str, tuple[str, ...]]:
@@ -73,10 +77,18 @@ def check_training_settings(settings: Mapping[str, Any], exit_on_error: bool = F
             if key in SETTING_RULES:
                 ok, what, example = SETTING_RULES[key]
                 if not ok(value):
-                    raise S2S2InputError(f"--{key}", f"got {value!r}, expected {what}", f"pass e.g. --{key} {example}, or fix '{key}' in the config file")
+                    raise S2S2InputError(
+                        f"--{key}",
+                        f"got {value!r}, expected {what}",
+                        f"pass e.g. --{key} {example}, or fix '{key}' in the config file",
+                    )
             elif key in choices and value not in choices[key]:
                 known = ", ".join(choices[key])
-                raise S2S2InputError(f"--{key}", f"unknown {key.replace('_', ' ')} {value!r} (known: {known})", f"pass one of them, e.g. --{key} {choices[key][0]}")
+                raise S2S2InputError(
+                    f"--{key}",
+                    f"unknown {key.replace('_', ' ')} {value!r} (known: {known})",
+                    f"pass one of them, e.g. --{key} {choices[key][0]}",
+                )
     except S2S2InputError as exc:
         exit_or_raise(exc, exit_on_error)
     return dict(settings)

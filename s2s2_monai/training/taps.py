@@ -29,7 +29,15 @@ from torch import nn
 
 from s2s2_monai.networks.wrappers import unwrap_network
 
-__all__ = ["TapSpec", "FeatureTap", "TAP_PRESETS", "get_tap_preset", "preset_for_network", "unwrap_network", "resolve_module"]
+__all__ = [
+    "TapSpec",
+    "FeatureTap",
+    "TAP_PRESETS",
+    "get_tap_preset",
+    "preset_for_network",
+    "unwrap_network",
+    "resolve_module",
+]
 
 
 @dataclass(frozen=True)
@@ -68,7 +76,14 @@ TAP_PRESETS: dict[str, dict[str, TapSpec]] = {
     "transunet": {"enc": TapSpec("transformer.encoder.encoder_norm", channel_dim=-1), "dec": TapSpec("decoder")},
 }
 
-_PRESET_OF_CLASS = {"BasicUNet": "basic_unet", "BasicUnet": "basic_unet", "UNETR": "unetr", "SwinUNETR": "swin_unetr", "SegResNet": "segresnet", "TransUNet": "transunet"}
+_PRESET_OF_CLASS = {
+    "BasicUNet": "basic_unet",
+    "BasicUnet": "basic_unet",
+    "UNETR": "unetr",
+    "SwinUNETR": "swin_unetr",
+    "SegResNet": "segresnet",
+    "TransUNet": "transunet",
+}
 
 
 def get_tap_preset(name: str) -> dict[str, TapSpec]:
@@ -91,7 +106,9 @@ def preset_for_network(network: nn.Module) -> dict[str, TapSpec]:
     """
     cls = type(unwrap_network(network)).__name__
     if cls not in _PRESET_OF_CLASS:
-        raise KeyError(f"no tap preset for {cls}; give TapSpec(module=...) names explicitly (presets: {sorted(TAP_PRESETS)})")
+        raise KeyError(
+            f"no tap preset for {cls}; give TapSpec(module=...) names explicitly (presets: {sorted(TAP_PRESETS)})"
+        )
     return TAP_PRESETS[_PRESET_OF_CLASS[cls]]
 
 

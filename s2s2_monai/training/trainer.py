@@ -48,7 +48,11 @@ class PrepareStackBatch(PrepareBatch):
     def __call__(self, batchdata, device=None, non_blocking: bool = False, **kwargs: Any):
         x0, y = default_prepare_batch(batchdata, device, non_blocking, **kwargs)
         x1 = batchdata.get(self.stack_key) if isinstance(batchdata, Mapping) else None
-        extra = {} if x1 is None else {self.stack_key: torch.as_tensor(x1).to(device=device, non_blocking=non_blocking, **kwargs)}
+        extra = (
+            {}
+            if x1 is None
+            else {self.stack_key: torch.as_tensor(x1).to(device=device, non_blocking=non_blocking, **kwargs)}
+        )
         return x0, y, (), extra
 
 
@@ -77,7 +81,9 @@ class PairedTrainer(SupervisedTrainer):
             raise e
         super()._handle_exception(e)
 
-    def forward(self, engine: PairedTrainer, x0: torch.Tensor, x1: torch.Tensor | None, args: tuple, kwargs: dict) -> dict:
+    def forward(
+        self, engine: PairedTrainer, x0: torch.Tensor, x1: torch.Tensor | None, args: tuple, kwargs: dict
+    ) -> dict:
         """The forward passes of one iteration: ``{"pred": ..., ...}`` (kept in ``state.output``)."""
         raise NotImplementedError
 
@@ -105,9 +111,17 @@ class PairedTrainer(SupervisedTrainer):
             engine.fire_event(IterationEvents.LOSS_COMPLETED)
 
         acc = engine.accumulation_steps
-        local = (engine.state.iteration - 1) % engine.state.epoch_length if engine.state.epoch_length else engine.state.iteration - 1
+        local = (
+            (engine.state.iteration - 1) % engine.state.epoch_length
+            if engine.state.epoch_length
+            else engine.state.iteration - 1
+        )
         zero_grad = acc <= 1 or local % acc == 0
-        step = acc <= 1 or (local + 1) % acc == 0 or (engine.state.epoch_length is not None and local + 1 == engine.state.epoch_length)
+        step = (
+            acc <= 1
+            or (local + 1) % acc == 0
+            or (engine.state.epoch_length is not None and local + 1 == engine.state.epoch_length)
+        )
         engine.network.train()
         if zero_grad:
             engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)

@@ -39,7 +39,9 @@ class VolumeDataset(Dataset):
     """
 
     def __init__(self, volumes: VolumeCache | Any, section: str = "validation", data_root: Any = None) -> None:
-        self.volumes = volumes if isinstance(volumes, VolumeCache) else VolumeCache(volumes, section, data_root, progress=False)
+        self.volumes = (
+            volumes if isinstance(volumes, VolumeCache) else VolumeCache(volumes, section, data_root, progress=False)
+        )
 
     def __len__(self) -> int:
         return len(self.volumes)
@@ -72,7 +74,9 @@ def volume_loader(dataset: Dataset, distributed: bool = False, num_workers: int 
         from monai.data import DistributedSampler
 
         sampler = DistributedSampler(dataset, even_divisible=True, shuffle=False)
-    return DataLoader(dataset, batch_size=1, shuffle=False, sampler=sampler, num_workers=num_workers, collate_fn=first_item)
+    return DataLoader(
+        dataset, batch_size=1, shuffle=False, sampler=sampler, num_workers=num_workers, collate_fn=first_item
+    )
 
 
 class VolumeMetric(Metric):
@@ -91,7 +95,13 @@ class VolumeMetric(Metric):
 
     required_output_keys = ("metrics", "case_index")
 
-    def __init__(self, key: str = "dice", class_id: int | None = None, class_ids: Iterable[int] | None = None, device: str | torch.device = "cpu") -> None:
+    def __init__(
+        self,
+        key: str = "dice",
+        class_id: int | None = None,
+        class_ids: Iterable[int] | None = None,
+        device: str | torch.device = "cpu",
+    ) -> None:
         self.key = key
         self.class_id = None if class_id is None else int(class_id)
         self.class_ids = None if class_ids is None else [int(c) for c in class_ids]
@@ -192,9 +202,15 @@ class VolumeEvaluator(Evaluator):
         with engine.mode(net):
             pred = engine.inferer(case["image"], net, device=engine.state.device)
         engine.fire_event(IterationEvents.FORWARD_COMPLETED)
-        output = {"case_id": case.get("case_id"), "case_index": case.get("case_index", engine.state.iteration - 1), "pred": pred}
+        output = {
+            "case_id": case.get("case_id"),
+            "case_index": case.get("case_index", engine.state.iteration - 1),
+            "pred": pred,
+        }
         if "label" in case:
-            output["metrics"] = compute_case_metrics(pred, case["label"], case["spacing"], self.label_map.ids, hd95=engine.hd95)
+            output["metrics"] = compute_case_metrics(
+                pred, case["label"], case["spacing"], self.label_map.ids, hd95=engine.hd95
+            )
         engine.state.output = output
         engine.fire_event(IterationEvents.MODEL_COMPLETED)
         return output

@@ -43,7 +43,9 @@ class RemapLabels(Transform):
         if ids.size and (ids.min() < 0 or not np.array_equal(ids, arr)):
             raise ValueError("label values must be non-negative integers")
         inside = ids < self._lut.size
-        out = np.where(inside, self._lut[np.where(inside, ids, 0)], 0).astype(arr.dtype if arr.dtype != bool else np.uint8)
+        out = np.where(inside, self._lut[np.where(inside, ids, 0)], 0).astype(
+            arr.dtype if arr.dtype != bool else np.uint8
+        )
         if is_tensor:
             result = torch.as_tensor(out, device=label.device)
             if hasattr(label, "copy_meta_from"):
