@@ -31,6 +31,9 @@ __all__ = [
     "move_aside",
     "torch_load",
     "read_state_dict",
+    "record_path",
+    "model_record",
+    "file_sha256",
 ]
 
 logger = logging.getLogger(__name__)
@@ -166,3 +169,40 @@ def load_weights(network, path: str | os.PathLike, device=None, exit_on_error: b
             exit_on_error,
         )
     return network
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def record_path(model_path: str | os.PathLike) -> Path:
+    """``model.json`` beside ``model.pt``: which weights the file holds (written by the bundle's ``ModelSaver``)."""
+    return Path(model_path).with_suffix(".json")
+
+
+def model_record(model_path: str | os.PathLike) -> dict:
+    """The record of ``model_path``: ``{"selection", "epoch", "max_epochs", "metric_name", "metric", "sha256"}``.
+
+    ``{}`` when there is none (weights from elsewhere) or when it does not describe these bytes (its
+    ``sha256`` differs: the weights were replaced, or a kill fell between the two writes), with a warning.
+    """
+    import json
+
+    path = record_path(model_path)
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(record, dict):
+        return {}
+    if record.get("sha256") and Path(model_path).is_file() and file_sha256(model_path) != record["sha256"]:
+        logger.warning("%s does not describe %s (checksum differs): ignored", path, model_path)
+        return {}
+    return record

@@ -20,6 +20,7 @@ __all__ = ["main", "build_parser"]
 
 #: Modules with a ``register(subparsers)`` function, one per concept.
 COMMAND_MODULES = [
+    "s2s2_monai.ablation.commands",
     "s2s2_monai.data.commands",
     "s2s2_monai.evaluation.commands",
     "s2s2_monai.label_app.commands",

@@ -39,11 +39,11 @@ def shared_data() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_demo(tmp_path_factory) -> Path:
-    """Datalist of 3 small phantom cases (48x48x8), written once per session."""
+    """Datalist of 4 small phantom cases (48x48x8: 2 training, 1 validation, 1 test), written once per session."""
     from s2s2_monai.data.phantom import write_demo_data
 
     out = tmp_path_factory.mktemp("tiny_demo")
-    return write_demo_data(out, cases=3, seed=0, shape=(48, 48, 8), progress=False)
+    return write_demo_data(out, cases=4, seed=0, shape=(48, 48, 8), progress=False)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -74,3 +74,25 @@ def tiny_sd(tmp_path_factory) -> tuple[Path, Path]:
     from tiny_diffusers import tiny_sd_folders  # conftest's folder is on sys.path
 
     return tiny_sd_folders(tmp_path_factory.mktemp("tiny_diffusers"))
+
+
+#: Bundle overrides that shrink the paper bundle's TransUNet to a few milliseconds per step on CPU
+#: (same structure: hybrid ResNet + ViT + CUP decoder with three skips), from scratch, appearance stack.
+TINY_TRANSUNET = {
+    "networks#transunet#hidden_size": 32,
+    "networks#transunet#num_layers": 2,
+    "networks#transunet#num_heads": 4,
+    "networks#transunet#mlp_dim": 64,
+    "networks#transunet#block_units": [1, 2, 1],
+    "networks#transunet#width_factor": 0.5,
+    "networks#transunet#decoder_channels": [32, 16, 16, 16],
+    "networks#transunet#head_channels": 64,
+    "pretrained_weights": None,
+    "stack_generator": "appearance",
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_transunet() -> dict:
+    """A copy of :data:`TINY_TRANSUNET` (bundle overrides for a tiny TransUNet)."""
+    return dict(TINY_TRANSUNET)

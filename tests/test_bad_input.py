@@ -500,15 +500,9 @@ def tiny_overlay(path: Path, demo: Demo, out: Path, stack: Path, **extra) -> Pat
         "batch_size": 8,
         "num_workers": 0,
         "val_interval": 1,
-        "tap_preset": "basic_unet",
-        "network_def": {
-            "_target_": "BasicUNet",
-            "spatial_dims": 2,
-            "in_channels": 1,
-            "out_channels": "@num_classes",
-            "features": [4, 4, 8, 8, 16, 4],
-            "norm": "batch",
-        },
+        "network_name": "basic_unet",
+        "networks#basic_unet#features": [4, 4, 8, 8, 16, 4],
+        "stack_generator": "appearance",
         **extra,
     }
     path.write_text(json.dumps(o))

@@ -25,8 +25,8 @@ SCHEMA = REPO / "bundles" / "schema" / "metadata_schema.json"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
-def tiny_overrides(tiny_demo: Path, out: Path, stack: Path, **extra) -> dict:
-    """Shrink the paper configuration to seconds: 32x32 inputs, a tiny UNETR, 2 epochs."""
+def tiny_overrides(tiny_demo: Path, out: Path, stack: Path, tiny_network: dict, **extra) -> dict:
+    """Shrink the paper configuration to seconds: 32x32 inputs, ``tiny_network`` (fixture ``tiny_transunet``), 2 epochs."""
     o = {
         "bundle_root": str(SYNAPSE),
         "dataset_dir": str(tiny_demo.parent),
@@ -39,10 +39,7 @@ def tiny_overrides(tiny_demo: Path, out: Path, stack: Path, **extra) -> dict:
         "batch_size": 4,
         "num_workers": 0,
         "val_interval": 1,
-        "network_def#feature_size": 4,
-        "network_def#hidden_size": 32,
-        "network_def#mlp_dim": 64,
-        "network_def#num_heads": 2,
+        **tiny_network,
     }
     o.update(extra)
     return o
@@ -60,10 +57,10 @@ def _workflow(files, overrides, workflow_type="train"):
 
 
 @pytest.fixture(scope="module")
-def trained(tiny_demo, tmp_path_factory):
+def trained(tiny_demo, tmp_path_factory, tiny_transunet):
     """One tiny S2S2 training run of bundles/synapse/train.json."""
     root = tmp_path_factory.mktemp("synapse_bundle")
-    overrides = tiny_overrides(tiny_demo, root / "run", root / "stack")
+    overrides = tiny_overrides(tiny_demo, root / "run", root / "stack", tiny_transunet)
     w = _workflow(["train.json"], overrides)
     w.initialize()
     missing = w.check_properties()
@@ -89,10 +86,12 @@ def test_train_bundle_runs_and_leaves_checkpoint_logs_and_dice(trained):
     assert {"loss_enc", "loss_dec", "loss_seg", "loss_seg_stack"} <= set(map(str, trainer.state.output))
 
 
-def test_preprocessing_is_visible_and_editable_in_the_bundle(tiny_demo, tmp_path):
+def test_preprocessing_is_visible_and_editable_in_the_bundle(tiny_demo, tmp_path, tiny_transunet):
     import nibabel as nib
 
-    o = tiny_overrides(tiny_demo, tmp_path / "run", tmp_path / "stack", use_stack=False, hu_window=[0, 100])
+    o = tiny_overrides(
+        tiny_demo, tmp_path / "run", tmp_path / "stack", tiny_transunet, use_stack=False, hu_window=[0, 100]
+    )
     w = _workflow(["train.json"], o)
     w.initialize()
     assert not (tmp_path / "stack").exists()  # baseline: initialize builds no stack
@@ -183,7 +182,8 @@ def test_chaos_bundle_trains_on_real_mr(shared_data, tmp_path, monkeypatch):
         "batch_size": 4,
         "num_workers": 0,
         "val_interval": 1,
-        "network_def#features": [4, 4, 8, 8, 16, 4],
+        "networks#basic_unet#features": [4, 4, 8, 8, 16, 4],
+        "stack_generator": "appearance",
     }
     chaos = REPO / "bundles" / "chaos_t2spir"
     w = ConfigWorkflow(
@@ -236,8 +236,10 @@ def test_no_data_stops_with_a_clear_message(tmp_path):
     assert not out.exists()  # nothing half-written
 
 
-def test_resume_after_kill_9(trained, tiny_demo, tmp_path):
-    o = tiny_overrides(tiny_demo, tmp_path / "run", trained["root"] / "stack", max_epochs=5, val_interval=5)
+def test_resume_after_kill_9(trained, tiny_demo, tmp_path, tiny_transunet):
+    o = tiny_overrides(
+        tiny_demo, tmp_path / "run", trained["root"] / "stack", tiny_transunet, max_epochs=5, val_interval=5
+    )
     cmd = _bundle_cmd([str(SYNAPSE / "train.json"), _overlay(tmp_path / "tiny.json", o)])
     log1 = open(tmp_path / "first.log", "w")
     p = subprocess.Popen(cmd, cwd=REPO, env=ENV, stdout=log1, stderr=subprocess.STDOUT, start_new_session=True)
@@ -266,8 +268,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_torchrun_two_processes_gloo(trained, tiny_demo, tmp_path):
-    o = tiny_overrides(tiny_demo, tmp_path / "run", trained["root"] / "stack", max_epochs=2)
+def test_torchrun_two_processes_gloo(trained, tiny_demo, tmp_path, tiny_transunet):
+    o = tiny_overrides(tiny_demo, tmp_path / "run", trained["root"] / "stack", tiny_transunet, max_epochs=2)
     # each rank saves its replica at the end: DDP must keep them identical through the two-pass steps
     o["finalize"] = [
         "$torch.save(@network.module.state_dict(), @output_dir + '/rank%d.pt' % torch.distributed.get_rank())",

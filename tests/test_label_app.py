@@ -55,20 +55,17 @@ TINY = {
     "amp": False,
     "device": "$torch.device('cpu')",
     "stack_n": 2,
-    "network_def#feature_size": 4,
-    "network_def#hidden_size": 32,
-    "network_def#mlp_dim": 64,
-    "network_def#num_heads": 2,
+    "image_resize_mode": "bilinear",  # the label app's segment_file resizes bilinearly
 }
 
 
 @pytest.fixture(scope="module")
-def work(tmp_path_factory):
+def work(tmp_path_factory, tiny_transunet):
     """Phantoms, a tiny overlay, a seeded checkpoint and its exported model folder."""
     root = tmp_path_factory.mktemp("label_app")
-    datalist = write_demo_data(root / "data", cases=3, shape=(48, 48, 12), seed=3, progress=False)
+    datalist = write_demo_data(root / "data", cases=4, shape=(48, 48, 12), seed=3, progress=False)
     overlay = root / "tiny.json"
-    overlay.write_text(json.dumps(TINY))
+    overlay.write_text(json.dumps({**TINY, **tiny_transunet}))
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()
@@ -178,9 +175,9 @@ def test_exported_folder_runs_as_monai_bundle(work, tmp_path):
     wf.initialize()
     wf.run()
     wf.finalize()
-    image = data / "imagesTr" / "phantom_002.nii.gz"  # the test section
+    image = data / "imagesTr" / "phantom_003.nii.gz"  # the test section
     ref = segment_file(b.load_network(), image, tmp_path / "app.nii.gz", b.modality, input_size=b.input_size)
-    got = nib.load(str(tmp_path / "bundle_run" / "predictions" / "phantom_002.nii.gz"))
+    got = nib.load(str(tmp_path / "bundle_run" / "predictions" / "phantom_003.nii.gz"))
     np.testing.assert_allclose(got.affine, nib.load(str(ref)).affine, atol=1e-5)
     np.testing.assert_array_equal(np.asarray(got.dataobj), np.asarray(nib.load(str(ref)).dataobj))
 

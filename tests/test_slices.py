@@ -68,7 +68,7 @@ def test_phantom_is_seeded_and_plausible(tmp_path):
         assert abs(np.median(hu[lab == organ_id]) - mean_hu) < 40
     assert hu.min() < -900  # air outside the body
     dl = json.loads(a.read_text())
-    assert dl["label_map"] == "synapse" and len(dl["training"]) == 1 and len(dl["validation"]) == 1
+    assert dl["label_map"] == "synapse" and len(dl["training"]) == 1 and not dl["validation"] and len(dl["test"]) == 1
 
 
 def test_phantom_anatomy_sides(tiny_demo):

@@ -124,6 +124,15 @@ def require_data(
                 f"{len(missing)} of {total} files listed in {os.path.normpath(datalist)} are missing (expected e.g. {shown})",
                 f"point dataset_dir at the folder holding them (add --dataset_dir /path/to/data to the command), or run the demo on phantom data: {demo_command}",
             )
+        for section in sections:
+            shared = dl.shared_images(section, "test") if section != "test" else []
+            if shared:
+                raise S2S2InputError(
+                    datalist,
+                    f"{len(shared)} {section} case(s) are also test cases (e.g. {shared[0]}): the test set would "
+                    f"{'train' if section == 'training' else 'select'} the model",
+                    f"remove them from {section!r} (hold out training cases for validation, or leave validation empty)",
+                )
     except S2S2InputError as exc:
         exit_or_raise(exc, exit_on_error)
     return str(datalist)

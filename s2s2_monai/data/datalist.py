@@ -38,6 +38,11 @@ class Datalist:
         """Entries of one section (``[]`` when the datalist lacks it)."""
         return self.sections.get(section, [])
 
+    def shared_images(self, section: str, other: str) -> list[str]:
+        """Image paths listed in both sections (a test case in training or validation leaks the test set)."""
+        theirs = {e["image"] for e in self.items(other)}
+        return [e["image"] for e in self.items(section) if e["image"] in theirs]
+
     def valid_label_ids(self) -> set[int]:
         """Ids allowed in the label *files* (before remapping)."""
         return self.label_remap.valid_ids() if self.label_remap else self.label_map.valid_ids()

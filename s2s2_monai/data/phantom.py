@@ -87,10 +87,11 @@ def write_demo_data(
 ) -> Path:
     """Write ``cases`` phantoms as ``OUT/imagesTr``, ``OUT/labelsTr`` and ``OUT/datalist.json``.
 
-    The last third of the cases (at least one) forms the validation/test split.
+    The last third of the cases (at least one) is the test split; with 3 cases or more, the case before
+    them is the validation split (disjoint from test: it may choose a model); the rest train.
     """
     if cases < 2:
-        raise ValueError("need at least 2 cases (one for training, one for validation)")
+        raise ValueError("need at least 2 cases (one for training, one for test)")
     out = Path(out)
     entries = []
     for i in tqdm(range(cases), desc="phantoms", disable=not progress, unit="case"):
@@ -106,14 +107,16 @@ def write_demo_data(
         save_nifti_atomic(image, affine, out / "imagesTr" / name)
         save_nifti_atomic(label, affine, out / "labelsTr" / name)
         entries.append({"image": f"imagesTr/{name}", "label": f"labelsTr/{name}"})
-    n_val = max(1, cases // 3)
+    n_test = max(1, cases // 3)
+    n_val = 1 if cases >= 3 else 0
+    n_train = cases - n_test - n_val
     datalist = {
         "description": f"s2s2 demo phantoms (seed {seed}), abdominal CT, Synapse label ids",
         "label_map": "synapse",
         "modality": "CT",
-        "training": entries[:-n_val],
-        "validation": entries[-n_val:],
-        "test": entries[-n_val:],
+        "training": entries[:n_train],
+        "validation": entries[n_train : n_train + n_val],
+        "test": entries[n_train + n_val :],
     }
     return write_json(out / "datalist.json", datalist)
 

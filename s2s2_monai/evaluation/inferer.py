@@ -24,15 +24,21 @@ class SliceVolumeInferer(Inferer):
         input_size: (H, W) the network expects; slices are resized to it and the logits back.
         batch_size: slices per forward pass.
         legacy_transunet: TransUNet's inference protocol.
+        mode: interpolation of the image slices to ``input_size`` (the training resize's, e.g. ``"bicubic"``).
     """
 
     def __init__(
-        self, input_size: Sequence[int] | None = None, batch_size: int = 32, legacy_transunet: bool = False
+        self,
+        input_size: Sequence[int] | None = None,
+        batch_size: int = 32,
+        legacy_transunet: bool = False,
+        mode: str = "bilinear",
     ) -> None:
         super().__init__()
         self.input_size = None if input_size is None else tuple(int(s) for s in input_size)
         self.batch_size = int(batch_size)
         self.legacy_transunet = bool(legacy_transunet)
+        self.mode = str(mode)
 
     def __call__(
         self, inputs: torch.Tensor, network: torch.nn.Module, *args: Any, device=None, **kwargs: Any
@@ -48,4 +54,6 @@ class SliceVolumeInferer(Inferer):
                 batch_size=self.batch_size,
                 device=device,
             )
-        return predict_volume(network, inputs, input_size=self.input_size, batch_size=self.batch_size, device=device)
+        return predict_volume(
+            network, inputs, input_size=self.input_size, batch_size=self.batch_size, device=device, mode=self.mode
+        )

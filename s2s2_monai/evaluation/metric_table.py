@@ -42,12 +42,15 @@ class MetricTable:
         hd95: HD95 definition (``"medpy"``, ``"surface-distance"``, ``"monai"``).
         legacy_transunet: use TransUNet's protocol (Dice and HD95 in voxels, its empty rule).
         label_map: name written into the settings.
+        model: which weights were evaluated (``{"checkpoint": path, "selection": "last", "epoch": ...}``),
+            written into the settings and the report.
     """
 
     class_names: Mapping[int, str]
     hd95: str = DEFAULT_HD95
     legacy_transunet: bool = False
     label_map: str | None = None
+    model: dict | None = None
     rows: list[dict] = field(default_factory=list)
     worst: dict[tuple[str, int], WorstSlice] = field(default_factory=dict)
     methods: list[str] = field(default_factory=list)
@@ -75,6 +78,7 @@ class MetricTable:
                 },
                 "averaging": "mean over cases per class, then over classes",
                 "label_map": self.label_map,
+                "model": self.model,
             }
         return {
             "protocol": "default",
@@ -83,6 +87,7 @@ class MetricTable:
             "empty_policy": dict(EMPTY_POLICY),
             "averaging": "per class: mean over cases with the class in prediction or ground truth; overall: mean over cases of the per-case class mean",
             "label_map": self.label_map,
+            "model": self.model,
         }
 
     def add(

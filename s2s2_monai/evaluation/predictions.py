@@ -53,6 +53,7 @@ def infer_to_nifti(
     device=None,
     progress: bool = True,
     transform=None,
+    mode: str = "bilinear",
 ) -> list[str]:
     """Segment whole volumes and write ``out_dir/<case>.nii.gz`` label maps in each input's geometry.
 
@@ -63,7 +64,7 @@ def infer_to_nifti(
         label_map: selects the intensity transform (its modality).
         input_size: network input (H, W); ``None`` feeds native slices.
         section / data_root: for datalist inputs.
-        batch_size / device: of :func:`~s2s2_monai.evaluation.inference.predict_volume`.
+        batch_size / device / mode: of :func:`~s2s2_monai.evaluation.inference.predict_volume`.
         transform: per-volume preprocessing (a bundle's ``train#deterministic_transforms``); default
             the paper's for the label map's modality.
 
@@ -83,7 +84,9 @@ def infer_to_nifti(
         _inference_inputs(inputs, section, data_root), desc="inference", unit="case", disable=not progress
     ):
         case = load_case(image, None, intensity=intensity, transform=transform, case_id=case_id or case_id_of(image))
-        pred = predict_volume(network, case.image, input_size=input_size, batch_size=batch_size, device=device)
+        pred = predict_volume(
+            network, case.image, input_size=input_size, batch_size=batch_size, device=device, mode=mode
+        )
         path = write_prediction(pred, case.affine, case.source_affine, Path(out_dir) / f"{case.case_id}.nii.gz")
         written.append(str(path))
     return written

@@ -186,6 +186,18 @@ def _fmt(v) -> str:
     return "–" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{v:.4g}"
 
 
+def _describe_model(model: dict | None) -> str:
+    """One line naming the evaluated weights: file, which epoch and why it was chosen."""
+    if not model:
+        return "not recorded (weights given directly)"
+    parts = [str(model.get("checkpoint")), str(model.get("selection"))]
+    if model.get("epoch") is not None:
+        parts.append(f"epoch {model['epoch']} of {model.get('max_epochs')}")
+    if model.get("metric") is not None:
+        parts.append(f"{model.get('metric_name')} {model['metric']:.4f} on validation")
+    return ", ".join(parts)
+
+
 def _html(summary: dict, ev: MetricTable, boxes: list[str], overlays: list[tuple[str, str]]) -> str:
     s = summary["settings"]
     e = html.escape
@@ -197,6 +209,7 @@ def _html(summary: dict, ev: MetricTable, boxes: list[str], overlays: list[tuple
         f"<p>Protocol <b>{e(s['protocol'])}</b>, HD95 definition <b>{e(s['hd95_definition'])}</b>, units <b>{e(s['units'])}</b>, "
         f"label map {e(str(s['label_map']))}. Averaging: {e(s['averaging'])}.</p>",
         f"<p>Empty masks: {e(json.dumps(s['empty_policy']))}</p>",
+        f"<p>Model: {e(_describe_model(s.get('model')))}</p>",
     ]
     keys = ev.metric_keys
     for m, res in summary["methods"].items():

@@ -104,6 +104,8 @@ def evaluate_datalist(
     method: str = "prediction",
     progress: bool = True,
     transform=None,
+    mode: str = "bilinear",
+    checkpoint: str | os.PathLike | None = None,
 ) -> dict:
     """Segment every case of a datalist section with ``network`` and write predictions + report.
 
@@ -128,6 +130,9 @@ def evaluate_datalist(
         progress: progress bar.
         transform: per-volume preprocessing (a bundle's ``train#deterministic_transforms``); default
             the paper's for the datalist's modality (:mod:`s2s2_monai.data.cases`).
+        mode: interpolation of the image slices to ``input_size`` (the training resize's).
+        checkpoint: the weights file ``network`` holds; the report names it and its record
+            (last epoch / best on validation, :func:`s2s2_monai.checkpoints.model_record`).
 
     Returns:
         The summary written to ``summary.json``.
@@ -145,7 +150,17 @@ def evaluate_datalist(
             "choose a section with cases (training/validation/test)",
         )
     lm = dl.label_map if label_map is None else get_label_map(label_map)
-    ev = MetricTable(lm.classes, hd95=hd95, legacy_transunet=legacy_transunet, label_map=lm.name)
+    model = None
+    if checkpoint is not None:
+        from s2s2_monai.checkpoints import model_record
+
+        record = model_record(checkpoint)
+        model = {
+            "checkpoint": str(checkpoint),
+            "selection": record.get("selection", "unknown (no model.json)"),
+            **record,
+        }
+    ev = MetricTable(lm.classes, hd95=hd95, legacy_transunet=legacy_transunet, label_map=lm.name, model=model)
     out_dir = Path(out_dir)
     for case in iter_cases(dl, section, transform=transform, progress=progress, desc=f"evaluating {section}"):
         if legacy_transunet:
@@ -153,7 +168,9 @@ def evaluate_datalist(
                 network, case.image, input_size=input_size or LEGACY_INPUT_SIZE, batch_size=batch_size, device=device
             )
         else:
-            pred = predict_volume(network, case.image, input_size=input_size, batch_size=batch_size, device=device)
+            pred = predict_volume(
+                network, case.image, input_size=input_size, batch_size=batch_size, device=device, mode=mode
+            )
         if case.label is not None:
             ev.add(case.case_id, pred, case.label, case.spacing, method=method, image=case.image)
         if write_predictions:

@@ -19,6 +19,7 @@ padding 3 for the 7x7 stem, 1 for 3x3, max-pool without padding), standardises c
 
 from __future__ import annotations
 
+import logging
 import pickle
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -29,7 +30,9 @@ from torch import nn
 
 from s2s2_monai.errors import S2S2InputError
 
-__all__ = ["load_r50_vit_npz", "load_timm_weights", "resize_position_embedding"]
+__all__ = ["load_pretrained", "load_r50_vit_npz", "load_timm_weights", "resize_position_embedding"]
+
+logger = logging.getLogger(__name__)
 
 Plan = dict[str, tuple[str, Callable[[torch.Tensor], torch.Tensor]]]  # our parameter -> (file key, transform)
 
@@ -248,3 +251,47 @@ def load_timm_weights(model: nn.Module, path: str | Path, strict: bool = True) -
     if not isinstance(tensors, Mapping):
         raise S2S2InputError(path, f"holds a {type(tensors).__name__}, not a state dict", "save model.state_dict()")
     return _apply(model, tensors, _timm_plan(model), path, _TIMM_IGNORED, strict)
+
+
+#: Where Google's ImageNet-21k R50-ViT-B/16 checkpoint (the file TransUNet loads) is published.
+R50_VIT_URL = "https://storage.googleapis.com/vit_models/imagenet21k/R50%2BViT-B_16.npz"
+
+
+def load_pretrained(network: nn.Module, path: str | Path | None, exit_on_error: bool = False) -> list[str]:
+    """The bundles' pretrained-encoder step: ``path`` (``.npz`` or a timm state dict) into a TransUNet.
+
+    ``None`` trains from scratch (logged; not the paper's setting for TransUNet). Nothing is downloaded:
+    a missing file stops with the address to fetch it from and the explicit way to train from scratch.
+
+    Raises:
+        S2S2InputError: missing or unreadable file, or a network that is not a TransUNet.
+    """
+    from s2s2_monai.errors import exit_or_raise
+    from s2s2_monai.networks.transunet import TransUNet
+    from s2s2_monai.networks.wrappers import unwrap_network
+
+    if path is None:
+        logger.info("pretrained_weights is null: the encoder starts from random weights")
+        return []
+    path = Path(path)
+    model = unwrap_network(network)
+    try:
+        if not isinstance(model, TransUNet):
+            raise S2S2InputError(
+                path,
+                f"pretrained_weights are for TransUNet, the network is {type(model).__name__}",
+                "set --pretrained_weights null for this network",
+            )
+        if not path.is_file():
+            raise S2S2InputError(
+                path,
+                "pretrained TransUNet encoder weights not found (the paper starts from ImageNet-21k R50-ViT-B/16)",
+                f"download {R50_VIT_URL} to this path (or pass --pretrained_weights FILE), "
+                "or train from scratch with --pretrained_weights null (not the paper's setting)",
+            )
+        loader = load_r50_vit_npz if path.suffix == ".npz" else load_timm_weights
+        loaded = loader(model, path)
+    except S2S2InputError as exc:
+        exit_or_raise(exc, exit_on_error)
+    logger.info("loaded %d pretrained encoder tensors from %s", len(loaded), path)
+    return loaded

@@ -21,6 +21,7 @@ Properties:
 from __future__ import annotations
 
 import io
+import json
 import logging
 import os
 import time
@@ -416,6 +417,33 @@ def _generate_batch(
         cache.write_entry(key, to_uint8(imgs), meta)
 
 
+def _check_stack_request(stack_dir: Path, generator, n, seed, build_if_missing, sd_dir, controlnet_dir) -> None:
+    """Refuse a cache built with other settings, and a diffusion build without its model folders."""
+    manifest = stack_dir / "manifest.json"
+    if manifest.is_file():
+        held = json.loads(manifest.read_text())
+        recorded = {"generator": held.get("generator"), "n": held.get("n"), "seed": held.get("seed")}
+        wanted = {"generator": generator, "n": int(n), "seed": int(seed)}
+        if recorded != wanted:
+            show = lambda d: ", ".join(f"{k}={v!r}" for k, v in d.items())  # noqa: E731
+            raise S2S2InputError(
+                stack_dir,
+                f"holds a stack with {show(recorded)}; this training asks for {show(wanted)}",
+                "point stack_dir at another folder (e.g. --stack_dir runs/stacks/other), or set the config to the "
+                "stack's settings; the folder was left untouched",
+            )
+        return
+    if generator == "diffusion" and build_if_missing:
+        missing = [str(p) for p in (sd_dir, controlnet_dir) if p is None or not Path(p).is_dir()]
+        if missing:
+            raise S2S2InputError(
+                ", ".join(missing),
+                "the diffusion stack (the paper's) needs a Stable Diffusion 2.x folder and a fine-tuned ControlNet, not found",
+                "build them (`s2s2 controlnet train ...`, then --sd_dir DIR --controlnet_dir DIR, or `s2s2 stack build "
+                "--generator diffusion ...`), or choose the weight-free stack explicitly: --stack_generator appearance",
+            )
+
+
 def ensure_stack(
     datalist: str | os.PathLike,
     stack_dir: str | os.PathLike,
@@ -425,20 +453,34 @@ def ensure_stack(
     n: int = 16,
     seed: int = 0,
     data_root: str | os.PathLike | None = None,
+    sd_dir: str | os.PathLike | None = None,
+    controlnet_dir: str | os.PathLike | None = None,
+    resolution: int | None = None,
+    exit_on_error: bool = False,
     **build_kwargs: Any,
 ) -> str | None:
-    """The stack cache folder for training (``None`` for the baseline).
+    """The stack cache folder for training (``None`` for the baseline), checked before the first step.
 
-    With ``build_if_missing``, :func:`s2s2_monai.stack.build.build_stack` completes the cache
-    (existing valid entries are skipped, so a complete cache costs one check). Otherwise the
-    cache must exist.
+    An existing cache must hold the stack the config asks for (generator, members, seed): another one
+    stops the run, naming both. With ``build_if_missing``, :func:`build_stack` completes the cache
+    (existing valid entries are skipped, so a complete cache costs one check); a diffusion stack then
+    needs the SD and ControlNet folders. Otherwise the cache must exist.
 
     Raises:
-        S2S2InputError: no cache and ``build_if_missing`` is false.
+        S2S2InputError: a cache of other settings, no cache and ``build_if_missing`` false, or a diffusion
+            build without its model folders (one line with both ways out).
     """
+    from s2s2_monai.errors import exit_or_raise
+
     if not use_stack:
         return None
     stack_dir = Path(stack_dir)
+    try:
+        _check_stack_request(stack_dir, generator, n, seed, build_if_missing, sd_dir, controlnet_dir)
+    except S2S2InputError as exc:
+        exit_or_raise(exc, exit_on_error)
+    if generator == "diffusion":
+        build_kwargs.update(sd_dir=sd_dir, controlnet_dir=controlnet_dir, resolution=resolution)
     if build_if_missing:
         build_kwargs.setdefault("verify_existing", False)
         build_stack(datalist, stack_dir, generator=generator, n=n, seed=seed, data_root=data_root, **build_kwargs)

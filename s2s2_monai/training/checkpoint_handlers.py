@@ -1,8 +1,10 @@
-"""Checkpoint handlers of the training bundles: atomic per-epoch checkpoints and resuming from the newest readable one.
+"""Checkpoint handlers of the training bundles: atomic per-epoch checkpoints, resuming, and the evaluated model.
 
 :class:`AtomicCheckpointSaver` writes MONAI/ignite checkpoints via a temporary file and a rename (a
 ``kill -9`` never leaves half a file); :class:`ResumeCheckpointLoader` restores network, optimizer,
-scheduler and the trainer's own state from the newest ``checkpoint_epoch=N.pt`` it can read.
+scheduler and the trainer's own state from the newest ``checkpoint_epoch=N.pt`` it can read;
+:class:`ModelSaver` writes ``models/model.pt`` (the weights evaluation uses) and ``models/model.json``
+(which weights they are: the last epoch, or the best epoch on the validation section).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any
 from ignite.handlers import DiskSaver
 from monai.handlers import CheckpointLoader, CheckpointSaver
 
-__all__ = ["AtomicCheckpointSaver", "ResumeCheckpointLoader"]
+__all__ = ["AtomicCheckpointSaver", "ResumeCheckpointLoader", "ModelSaver"]
 
 logger = logging.getLogger(__name__)
 
@@ -106,3 +108,111 @@ class ResumeCheckpointLoader(CheckpointLoader):
         if self.engine_key is not None:
             self.load_dict[self.engine_key] = engine
         super().attach(engine)
+
+
+class ModelSaver:
+    """Writes the model evaluation uses: ``save_dir/model.pt`` (state dict) and ``model.json`` (its record).
+
+    ``selection="last"`` (TransUNet's choice, the paper's setting): when training completes, the final
+    weights. ``selection="best_validation"``: after each validation run whose key metric beats the best so
+    far (read back from ``model.json`` on resume), those weights; this needs a non-empty ``validation``
+    section, which the project's datalists keep disjoint from ``test``. Only rank 0 writes. The record:
+    ``{"selection", "epoch", "max_epochs", "metric_name", "metric"}`` (metric ``None`` for ``last`` when no
+    validation ran).
+
+    Args:
+        save_dir: the bundle's ``model_dir``.
+        network: the trained network (DDP unwrapped when saved).
+        selection: ``"last"`` or ``"best_validation"``.
+        validator: the validation evaluator (its key metric is recorded; required for ``best_validation``).
+        filename: weights file name.
+    """
+
+    def __init__(
+        self, save_dir: str | os.PathLike, network, selection: str = "last", validator=None, filename: str = "model.pt"
+    ) -> None:
+        from s2s2_monai.errors import S2S2InputError
+        from s2s2_monai.training.settings import MODEL_SELECTIONS
+
+        if selection not in MODEL_SELECTIONS:
+            raise S2S2InputError(
+                "--model_selection",
+                f"unknown model selection {selection!r}",
+                f"use one of {', '.join(MODEL_SELECTIONS)}",
+            )
+        if selection == "best_validation" and (validator is None or not _has_cases(validator)):
+            raise S2S2InputError(
+                "--model_selection",
+                "best_validation needs validation cases, and the datalist's validation section is empty",
+                "add a validation section (cases not in test) to the datalist, or use --model_selection last",
+            )
+        self.path = Path(save_dir) / filename
+        self.network = network
+        self.selection = selection
+        self.validator = validator
+        self.trainer = None
+
+    def attach(self, engine) -> None:
+        from ignite.engine import Events
+
+        self.trainer = engine
+        if self.selection == "last":
+            engine.add_event_handler(Events.COMPLETED, self._save_last)
+        else:
+            self.validator.add_event_handler(Events.EPOCH_COMPLETED, self._save_if_best)
+
+    def _metric(self) -> tuple[str | None, float | None]:
+        state = getattr(self.validator, "state", None)
+        name = getattr(state, "key_metric_name", None)
+        value = None if state is None or name is None else state.metrics.get(name)
+        return name, (None if value is None else float(value))
+
+    def _save_last(self, engine) -> None:
+        name, value = self._metric() if self.validator is not None else (None, None)
+        self._save(engine.state.epoch, name, value)
+
+    def _save_if_best(self, validator) -> None:
+        name, value = self._metric()
+        if value is None:
+            return
+        from s2s2_monai.checkpoints import model_record
+
+        record = model_record(self.path)
+        if (
+            record.get("selection") == "best_validation"
+            and record.get("metric") is not None
+            and value <= record["metric"]
+        ):
+            return
+        self._save(self.trainer.state.epoch, name, value)
+
+    def _save(self, epoch: int, metric_name: str | None, metric: float | None) -> None:
+        from s2s2_monai.atomic import torch_save, write_json
+        from s2s2_monai.checkpoints import file_sha256, record_path
+        from s2s2_monai.networks.wrappers import unwrap_network
+        from s2s2_monai.training.seeding import current_rank
+
+        if current_rank() != 0:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        torch_save(unwrap_network(self.network).state_dict(), self.path)
+        write_json(
+            record_path(self.path),
+            {
+                "selection": self.selection,
+                "epoch": int(epoch),
+                "max_epochs": int(self.trainer.state.max_epochs),
+                "metric_name": metric_name,
+                "metric": metric,
+                "sha256": file_sha256(self.path),
+            },
+        )
+        logger.info("wrote %s (%s, epoch %d)", self.path, self.selection, epoch)
+
+
+def _has_cases(validator) -> bool:
+    loader = getattr(validator, "data_loader", None)
+    try:
+        return loader is None or len(loader.dataset) > 0
+    except TypeError:
+        return True

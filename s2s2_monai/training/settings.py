@@ -41,7 +41,17 @@ def _choices() -> dict[str, tuple[str, ...]]:
     from s2s2_monai.evaluation.metrics import HD95_DEFINITIONS
     from s2s2_monai.training.taps import TAP_PRESETS
 
-    return {"tap_preset": tuple(sorted(TAP_PRESETS)), "hd95": tuple(HD95_DEFINITIONS)}
+    return {
+        "tap_preset": tuple(sorted(TAP_PRESETS)),
+        "hd95": tuple(HD95_DEFINITIONS),
+        "model_selection": MODEL_SELECTIONS,
+        "image_resize_mode": ("bicubic", "bilinear", "nearest-exact", "area"),
+    }
+
+
+#: Which trained weights become ``models/model.pt``: the last epoch (TransUNet's choice, the paper's) or the
+#: best epoch on the datalist's ``validation`` section (never the test section).
+MODEL_SELECTIONS = ("last", "best_validation")
 
 
 #: setting -> (test, what it must be, example value)
@@ -60,11 +70,14 @@ SETTING_RULES: dict[str, tuple[Callable[[Any], bool], str, str]] = {
 }
 
 
-def check_training_settings(settings: Mapping[str, Any], exit_on_error: bool = False) -> dict:
+def check_training_settings(
+    settings: Mapping[str, Any], choices: Mapping[str, Any] | None = None, exit_on_error: bool = False
+) -> dict:
     """Check bundle settings by name (unknown names are ignored); return them unchanged.
 
     Args:
         settings: ``{name: value}``, e.g. ``{"max_epochs": @max_epochs, "tap_preset": @tap_preset}``.
+        choices: more ``{name: allowed names}`` from the bundle itself, e.g. ``{"network_name": list(@networks)}``.
         exit_on_error: print ``error: ...`` and exit with status 2 instead of raising (bundle use).
 
     Raises:
@@ -72,7 +85,7 @@ def check_training_settings(settings: Mapping[str, Any], exit_on_error: bool = F
             message names the ``--KEY`` override and gives a valid example.
     """
     try:
-        choices = _choices()
+        choices = {**_choices(), **{k: tuple(v) for k, v in (choices or {}).items()}}
         for key, value in settings.items():
             if key in SETTING_RULES:
                 ok, what, example = SETTING_RULES[key]

@@ -1,0 +1,125 @@
+"""``ablation.csv``, ``ablation.json`` and an offline ``report.html`` (Table-6-style table, Dice-vs-severity plots)."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+__all__ = ["write_ablation_report", "table_rows"]
+
+
+def _fmt(v, digits: int = 4) -> str:
+    return "–" if v is None else f"{v:.{digits}f}"
+
+
+def _ci(d: Mapping | None) -> str:
+    if not d or d.get("mean") is None:
+        return "–"
+    return f"{d['mean']:+.4f} [{d['ci_low']:+.4f}, {d['ci_high']:+.4f}]"
+
+
+def table_rows(summary: Mapping) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the Table-6-style table: per arm, Dice (mean ± sd over seeds) and the paired
+    difference to the baseline [95 % CI] per domain, HD95 in-domain, and mCE."""
+    domains: list[str] = []
+    for entry in summary["arms"].values():
+        domains += [d for d in entry["domains"] if d not in domains]
+    header = ["arm"]
+    for d in domains:
+        header += [f"{d} Dice", f"{d} ΔDice vs baseline [95% CI]"]
+    header += ["test HD95 (mm)", "mCE", "relative mCE"]
+    rows = []
+    for arm, entry in summary["arms"].items():
+        row = [arm]
+        for d in domains:
+            dd = entry["domains"].get(d, {})
+            dice = dd.get("dice", {})
+            row += [f"{_fmt(dice.get('mean'))} ± {_fmt(dice.get('sd'))}", _ci(dd.get("dice_vs_baseline"))]
+        hd = entry["domains"].get("test", {}).get("hd95_mm", {})
+        row.append(f"{_fmt(hd.get('mean'), 2)} ± {_fmt(hd.get('sd'), 2)}")
+        ce = entry.get("robustness", {}).get("corruption_error", {})
+        row += [_fmt(ce.get("mce"), 3), _fmt(ce.get("relative_mce"), 3)]
+        rows.append(row)
+    return header, rows
+
+
+def _plots(summary: Mapping) -> list[tuple[str, str]]:
+    """(corruption, base64 PNG) of Dice vs severity, one line per arm (severity 0 = clean)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    corruptions: list[str] = []
+    for entry in summary["arms"].values():
+        corruptions += [c for c in entry.get("robustness", {}).get("dice", {}) if c not in corruptions]
+    out = []
+    for corr in corruptions:
+        fig, ax = plt.subplots(figsize=(4.2, 3.0), dpi=100)
+        for arm, entry in summary["arms"].items():
+            rob = entry.get("robustness", {})
+            curve = rob.get("dice", {}).get(corr, {})
+            if not curve:
+                continue
+            xs = [0] + sorted(int(s) for s in curve)
+            ys = [rob.get("clean_dice")] + [curve[s] if s in curve else curve[str(s)] for s in sorted(curve, key=int)]
+            ax.plot(xs, [float("nan") if y is None else y for y in ys], marker="o", label=arm)
+        ax.set_xlabel("severity (0 = clean)")
+        ax.set_ylabel("mean Dice")
+        ax.set_title(corr)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png")
+        plt.close(fig)
+        out.append((corr, base64.b64encode(buf.getvalue()).decode()))
+    return out
+
+
+def _html(summary: Mapping) -> str:
+    e = html.escape
+    s = summary.get("settings", {})
+    header, rows = table_rows(summary)
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'><title>s2s2 ablation</title>",
+        "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}td,th{border:1px solid #ccc;"
+        "padding:3px 8px;text-align:right}th{background:#eee}td.l{text-align:left}img{margin:4px}</style></head><body>",
+        "<h1>S2S2 ablation</h1>",
+        f"<p>{len(s.get('seeds', []))} seed(s) {e(str(s.get('seeds')))}, {e(str(s.get('max_epochs')))} epochs, network "
+        f"{e(str(s.get('network_name')))}, model = last epoch. Dice: mean ± sd over seeds of the mean over cases of the "
+        "per-case mean over organs; Δ: paired difference to the baseline (same seed, same case), 95 % percentile "
+        "bootstrap CI resampling seeds and cases. mCE: ImageNet-C corruption error relative to the baseline arm.</p>",
+        "<table><tr>" + "".join(f"<th>{e(h)}</th>" for h in header) + "</tr>",
+    ]
+    for row in rows:
+        parts.append(
+            "<tr>" + f"<td class='l'>{e(row[0])}</td>" + "".join(f"<td>{e(c)}</td>" for c in row[1:]) + "</tr>"
+        )
+    parts.append("</table>")
+    plots = _plots(summary)
+    if plots:
+        parts.append("<h2>Dice vs corruption severity (in-domain test)</h2>")
+        parts += [f"<img alt='{e(c)}' src='data:image/png;base64,{b}'>" for c, b in plots]
+    parts.append("<h2>Settings</h2><pre>" + e(json.dumps(s, indent=1, default=str)) + "</pre></body></html>")
+    return "\n".join(parts)
+
+
+def write_ablation_report(out: str | Path, rows: Sequence[Mapping], summary: Mapping) -> None:
+    """Write the three files atomically (each via a temporary name and a rename)."""
+    from s2s2_monai.ablation.run import FIELDS
+    from s2s2_monai.atomic import json_safe, write_json, write_text
+
+    out = Path(out)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=FIELDS, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(out / "ablation.csv", buf.getvalue())
+    write_json(out / "ablation.json", json_safe(summary))
+    write_text(out / "report.html", _html(summary))
