@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -72,15 +71,9 @@ def predict_volume(
         int64 (X, Y, Z) labels (argmax over classes), or (C, X, Y, Z) logits, on ``device``.
     """
     device = torch.device(device) if device is not None else network_device(network)
-    vol = (
-        image.as_tensor()
-        if hasattr(image, "as_tensor")
-        else torch.as_tensor(np.asarray(image) if not isinstance(image, torch.Tensor) else image)
-    )
-    if vol.ndim == 4 and vol.shape[0] == 1:
-        vol = vol[0]
-    if vol.ndim != 3:
-        raise ValueError(f"expected an (X, Y, Z) or (1, X, Y, Z) volume, got shape {tuple(vol.shape)}")
+    from s2s2_monai.evaluation.metrics import as_volume_tensor
+
+    vol = as_volume_tensor(image)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     was_training = network.training

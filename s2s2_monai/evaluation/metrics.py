@@ -61,8 +61,8 @@ EMPTY_POLICY = {
 }
 
 
-def as_label_tensor(x, device: torch.device | str | None = None) -> torch.Tensor:
-    """(X, Y, Z) or (1, X, Y, Z) ndarray/tensor/MetaTensor -> plain integer (X, Y, Z) tensor."""
+def as_volume_tensor(x, what: str = "volume") -> torch.Tensor:
+    """(X, Y, Z) or (1, X, Y, Z) ndarray/tensor/MetaTensor -> plain (X, Y, Z) tensor (no copy when possible)."""
     t = (
         x.as_tensor()
         if hasattr(x, "as_tensor")
@@ -71,7 +71,13 @@ def as_label_tensor(x, device: torch.device | str | None = None) -> torch.Tensor
     if t.ndim == 4 and t.shape[0] == 1:
         t = t[0]
     if t.ndim != 3:
-        raise ValueError(f"expected an (X, Y, Z) label volume, got shape {tuple(t.shape)}")
+        raise ValueError(f"expected an (X, Y, Z) or (1, X, Y, Z) {what}, got shape {tuple(t.shape)}")
+    return t
+
+
+def as_label_tensor(x, device: torch.device | str | None = None) -> torch.Tensor:
+    """(X, Y, Z) or (1, X, Y, Z) ndarray/tensor/MetaTensor -> plain integer (X, Y, Z) tensor."""
+    t = as_volume_tensor(x, "label volume")
     if t.is_floating_point():
         t = t.round().to(torch.int64)
     if t.dtype != torch.uint8 and (t.numel() == 0 or (int(t.min()) >= 0 and int(t.max()) < 256)):

@@ -176,8 +176,7 @@ def _apply(
     strict: bool,
 ) -> list[str]:
     used = {key for key, _ in plan.values()}
-    missing = sorted(used - set(tensors))
-    if missing:
+    if missing := sorted(used - set(tensors)):
         raise S2S2InputError(
             path,
             f"{len(missing)} expected key(s) missing, e.g. {missing[:5]}",

@@ -26,12 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     csub = add_command_group(sub, "controlnet", "ControlNet fine-tuning on a datalist (Stable Diffusion frozen)")
     t = csub.add_parser("train", help="fine-tune a ControlNet on the training slices (resumable)")
-    t.add_argument(
-        "--sd-dir",
-        metavar="DIR",
-        required=True,
-        help="local Stable Diffusion folder in diffusers layout (nothing is downloaded)",
-    )
+    t.add_argument("--sd-dir", metavar="DIR", required=True, help="local Stable Diffusion folder (diffusers layout)")
     add_datalist(t, "datalist JSON; its training section (with labels) is used")
     add_out(t, "output folder (checkpoints/, controlnet/, train_config.json, losses.json)")
     t.add_argument("--epochs", type=int, default=100, help="epochs over the training slices (default 100)")

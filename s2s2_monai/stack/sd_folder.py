@@ -214,23 +214,17 @@ def load_sd_components(sd_dir: str | os.PathLike, torch_dtype=None, device=None)
 
     root = check_sd_folder(sd_dir)
     common = {"local_files_only": True, "low_cpu_mem_usage": False}
-    vae = _load(
-        root / "vae",
-        AutoencoderKL.from_pretrained,
-        root,
-        subfolder="vae",
-        torch_dtype=torch_dtype,
-        variant=_variant(root / "vae", _WEIGHT_STEMS["vae"]),
-        **common,
-    )
-    unet = _load(
-        root / "unet",
-        UNet2DConditionModel.from_pretrained,
-        root,
-        subfolder="unet",
-        torch_dtype=torch_dtype,
-        variant=_variant(root / "unet", _WEIGHT_STEMS["unet"]),
-        **common,
+    vae, unet = (
+        _load(
+            root / name,
+            cls.from_pretrained,
+            root,
+            subfolder=name,
+            torch_dtype=torch_dtype,
+            variant=_variant(root / name, _WEIGHT_STEMS[name]),
+            **common,
+        )
+        for name, cls in (("vae", AutoencoderKL), ("unet", UNet2DConditionModel))
     )
     te_kwargs = {"local_files_only": True, "variant": _variant(root / "text_encoder", _WEIGHT_STEMS["text_encoder"])}
     if torch_dtype is not None:
