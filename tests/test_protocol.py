@@ -290,7 +290,7 @@ def test_training_refuses_a_stack_of_other_settings_and_leaves_it(tiny_demo, tmp
             ensure_stack(tiny_demo, stack, progress=False, **args)
     assert StackCache(stack).info()["digest"] == digest
     assert sorted((p.name, p.stat().st_mtime_ns) for p in stack.rglob("*")) == files
-    assert ensure_stack(tiny_demo, stack, n=2, seed=0, progress=False) == str(stack)  # same settings: reused
+    assert ensure_stack(tiny_demo, stack, n=2, seed=0, qc=False, progress=False) == str(stack)  # same: reused
 
 
 def test_diffusion_default_without_model_folders_gives_both_ways_out(tiny_demo, tmp_path):
@@ -301,3 +301,25 @@ def test_diffusion_default_without_model_folders_gives_both_ways_out(tiny_demo, 
             tiny_demo, tmp_path / "stack", generator="diffusion", sd_dir=tmp_path / "no_sd", controlnet_dir=None
         )
     assert not (tmp_path / "stack").exists()
+
+
+def test_cli_refuses_a_rebuild_with_other_settings_keeps_the_digest_and_replace_rebuilds(tiny_demo, tmp_path, capsys):
+    from s2s2_monai.cli import main
+    from s2s2_monai.stack.cache import StackCache
+
+    stack = tmp_path / "stack"
+    base = ["stack", "build", "--datalist", str(tiny_demo), "--out", str(stack), "--no-qc", "--no-progress"]
+    assert main([*base, "--n", "2"]) == 0
+    digest = StackCache(stack).info()["digest"]
+    files = sorted((str(p), p.stat().st_mtime_ns) for p in stack.rglob("*"))
+    capsys.readouterr()
+    for other in (["--n", "3"], ["--n", "2", "--seed", "5"]):
+        assert main([*base, *other]) != 0
+        err = capsys.readouterr().err
+        assert str(stack) in err and "holds another stack" in err and "--replace" in err
+        assert ("n: 2 -> 3" in err) if "3" in other else ("seed: 0 -> 5" in err)
+    assert sorted((str(p), p.stat().st_mtime_ns) for p in stack.rglob("*")) == files
+    assert StackCache(stack).info()["digest"] == digest
+    assert main([*base, "--n", "3", "--replace"]) == 0
+    info = StackCache(stack).info()
+    assert info["complete"] and info["orphans"] == 0 and info["digest"] != digest

@@ -14,6 +14,7 @@ import pytest
 
 from s2s2_monai.cli import main
 from s2s2_monai.errors import S2S2InputError
+from s2s2_monai.errors import S2S2InputError
 from s2s2_monai.stack.base import StackGenerator
 from s2s2_monai.stack.build import build_stack
 from s2s2_monai.stack.cache import StackCache
@@ -84,21 +85,24 @@ def test_rebuild_reuses_repairs_corruption_and_never_reuses_stale_settings(refer
     fixed = build_stack(tiny_demo, out, n=N, seed=0, progress=False, contact_sheet=False)
     assert fixed["rebuilt"] == 1 and fixed["generated"] == 1 and fixed["digest"] == ref["digest"]
     assert main(["stack", "verify", str(out)]) == 0
-    # another seed -> every key changes, nothing is reused, old entries become orphans
-    other = build_stack(tiny_demo, out, n=N, seed=1, progress=False, contact_sheet=False)
+    # another seed: refused (one folder, one stack); --replace rebuilds it whole, no orphans left
+    with pytest.raises(S2S2InputError, match=r"holds another stack \(seed: 0 -> 1\)"):
+        build_stack(tiny_demo, out, n=N, seed=1, progress=False, contact_sheet=False)
+    assert StackCache(out).info()["digest"] == ref["digest"]
+    other = build_stack(tiny_demo, out, n=N, seed=1, progress=False, contact_sheet=False, replace=True)
     assert other["generated"] == other["entries"] and other["skipped"] == 0 and other["digest"] != ref["digest"]
-    assert StackCache(out).info()["orphans"] == ref["entries"]
-    # another generator setting -> the same
+    assert StackCache(out).info()["orphans"] == 0
+    # another generator setting: refused, naming the setting
     from s2s2_monai.data.slices import VolumeCache
     from s2s2_monai.stack.appearance import AppearanceGenerator
 
     vol = VolumeCache(tiny_demo, "training", progress=False)
     gen = AppearanceGenerator.fit(vol, noise_max=0.05)
-    changed = build_stack(vol, out, generator=gen, n=N, seed=0, progress=False, contact_sheet=False)
-    assert changed["generated"] == changed["entries"] and changed["digest"] not in (ref["digest"], other["digest"])
-    # back to the reference settings: entries are still there and valid
-    back = build_stack(tiny_demo, out, n=N, seed=0, progress=False, contact_sheet=False)
-    assert back["generated"] == 0 and back["digest"] == ref["digest"]
+    with pytest.raises(S2S2InputError, match=r"settings\.noise_max: "):
+        build_stack(vol, out, generator=gen, n=N, seed=1, progress=False, contact_sheet=False)
+    # back to the reference settings by replacement: the same seed gives the same stack, bit for bit
+    back = build_stack(tiny_demo, out, n=N, seed=0, progress=False, contact_sheet=False, replace=True)
+    assert back["generated"] == back["entries"] and back["digest"] == ref["digest"]
 
 
 def test_kill_minus_9_then_resume_is_bit_identical(reference, tiny_demo, tmp_path):

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -590,4 +592,26 @@ def test_diffusion_generator_settings(tiny, trained_controlnet):
         != a["controlnet_digest"]
     )
     with pytest.raises(ValueError, match="multiple of 4"):
-        DiffusionGenerator(sd, trained_controlnet, resolution=18, progress=False)
+        DiffusionGenerator(sd, cn0, resolution=18, progress=False)  # cn0 records no training resolution
+
+
+def test_controlnet_records_resolution_and_base_model_and_generation_checks_them(tiny, trained_controlnet, tmp_path):
+    from s2s2_monai.stack.diffusion import DEFAULT_RESOLUTION, DiffusionGenerator
+    from s2s2_monai.stack.sd_folder import controlnet_record, folder_digest
+
+    sd, cn0 = tiny
+    record = controlnet_record(trained_controlnet)
+    assert record["resolution"] == RES and record["base_model"]["sd_digest"] == folder_digest(sd)
+    assert record["base_model"]["sd_dir"] == str(Path(sd).resolve()) and record["label_map"] == "synapse"
+    # generation defaults to the training resolution (not 512) and refuses another one
+    assert DiffusionGenerator(sd, trained_controlnet, steps=2, progress=False).resolution == RES
+    assert DiffusionGenerator(sd, cn0, steps=2, progress=False).resolution == DEFAULT_RESOLUTION == 512
+    with pytest.raises(S2S2InputError, match=rf"fine-tuned at {RES} px; generation at {2 * RES} px"):
+        DiffusionGenerator(sd, trained_controlnet, resolution=2 * RES, progress=False)
+    # another base model (same architecture, other weights): refused, naming the one it was trained on
+    other_sd = tmp_path / "other_sd"
+    shutil.copytree(sd, other_sd)
+    sched = other_sd / "scheduler" / "scheduler_config.json"
+    sched.write_text(json.dumps({**json.loads(sched.read_text()), "steps_offset": 7}))
+    with pytest.raises(S2S2InputError, match=rf"fine-tuned on the SD folder {re.escape(str(Path(sd).resolve()))}"):
+        DiffusionGenerator(other_sd, trained_controlnet, steps=2, progress=False)

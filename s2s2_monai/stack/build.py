@@ -208,6 +208,7 @@ def build_stack(
     qc: bool = True,
     verify_existing: bool = True,
     contact_sheet: bool = True,
+    replace: bool = False,
 ) -> dict:
     """Build the stacks of every training slice of ``datalist`` into ``out_dir`` (see module doc).
 
@@ -224,6 +225,8 @@ def build_stack(
         qc: learn per-organ bounds from the real images, regenerate failing members, record results.
         verify_existing: check every member checksum of existing entries (else header + size only).
         contact_sheet: write ``out_dir/contact_sheet.png``.
+        replace: rebuild a folder that holds a stack of other settings (its entries are deleted);
+            without it such a folder stops the build and is left untouched (one folder, one stack).
 
     Returns:
         summary dict: ``slices``, ``entries``, ``generated``, ``skipped``, ``rebuilt`` (corrupt
@@ -281,18 +284,30 @@ def build_stack(
         modality = volumes.datalist.modality
         unit = UnitIntensity.for_modality(modality)
         cache = StackCache(out_dir)
-        if rank == 0:
-            cache.clean_temp()
-            cache.write_manifest(
-                {
-                    **spec,
-                    "label_map": volumes.datalist.label_map.name,
-                    "modality": modality,
-                    "unit": [unit.lo, unit.hi],
-                    "datalist": str(volumes.datalist.path),
-                    "slices": slices,
-                }
+        manifest = {
+            **spec,
+            "label_map": volumes.datalist.label_map.name,
+            "modality": modality,
+            "unit": [unit.lo, unit.hi],
+            "datalist": str(volumes.datalist.path),
+            "slices": slices,
+        }
+        held = _held_manifest(cache)
+        changed = stack_differences(held, manifest) if held else []
+        if changed and not replace:
+            raise S2S2InputError(
+                out_dir,
+                f"holds another stack ({'; '.join(changed)})",
+                "build into another folder (--out), or pass --replace to delete this stack and rebuild; the folder was "
+                "left untouched",
             )
+        _barrier(world)
+        if rank == 0:
+            if changed:
+                logger.warning("replacing the stack in %s (%s)", out_dir, "; ".join(changed))
+                cache.clear()
+            cache.clean_temp()
+            cache.write_manifest(manifest)
         _barrier(world)
         keys = sorted(jobs)[rank::world]
         todo, skipped, rebuilt = [], 0, 0
@@ -417,6 +432,40 @@ def _generate_batch(
         cache.write_entry(key, to_uint8(imgs), meta)
 
 
+#: Manifest fields that make a stack: another value is another stack (``unit``/``datalist`` follow from them).
+STACK_IDENTITY = ("generator", "settings", "n", "seed", "qc", "label_map", "modality", "slices")
+
+
+def _held_manifest(cache: StackCache) -> dict | None:
+    return cache.manifest if cache.manifest_path.is_file() else None
+
+
+def _short(value) -> str:
+    text = json.dumps(value, sort_keys=True, default=str)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def stack_differences(held: dict, wanted: dict) -> list[str]:
+    """``"field: held -> wanted"`` for every :data:`STACK_IDENTITY` field (and generator setting) that differs."""
+    out = []
+    for field in STACK_IDENTITY:
+        a, b = held.get(field), wanted.get(field)
+        if a == b:
+            continue
+        if field == "settings" and isinstance(a, dict) and isinstance(b, dict):
+            out += [
+                f"settings.{k}: {_short(a.get(k))} -> {_short(b.get(k))}"
+                for k in sorted(set(a) | set(b))
+                if a.get(k) != b.get(k)
+            ]
+        elif field == "slices":  # entry keys follow from the settings: other masks only when they agree
+            if not out:
+                out.append(f"training masks: {len(a or [])} other slices -> {len(b or [])} of {wanted.get('datalist')}")
+        else:
+            out.append(f"{field}: {_short(a)} -> {_short(b)}")
+    return out
+
+
 def _check_stack_request(stack_dir: Path, generator, n, seed, build_if_missing, sd_dir, controlnet_dir) -> None:
     """Refuse a cache built with other settings, and a diffusion build without its model folders."""
     manifest = stack_dir / "manifest.json"
@@ -475,19 +524,33 @@ def ensure_stack(
     if not use_stack:
         return None
     stack_dir = Path(stack_dir)
-    try:
-        _check_stack_request(stack_dir, generator, n, seed, build_if_missing, sd_dir, controlnet_dir)
-    except S2S2InputError as exc:
-        exit_or_raise(exc, exit_on_error)
     if generator == "diffusion":
         build_kwargs.update(sd_dir=sd_dir, controlnet_dir=controlnet_dir, resolution=resolution)
-    if build_if_missing:
-        build_kwargs.setdefault("verify_existing", False)
-        build_stack(datalist, stack_dir, generator=generator, n=n, seed=seed, data_root=data_root, **build_kwargs)
-    elif not (stack_dir / "manifest.json").is_file():
-        raise S2S2InputError(
-            stack_dir,
-            "no stack cache here",
-            f"build it with `s2s2 stack build --datalist {datalist} --out {stack_dir}` or set build_stack_if_missing true",
-        )
+    held = stack_dir / "manifest.json"
+    models_here = all(p is not None and Path(p).is_dir() for p in (sd_dir, controlnet_dir))
+    try:
+        _check_stack_request(stack_dir, generator, n, seed, build_if_missing, sd_dir, controlnet_dir)
+        if build_if_missing and (generator != "diffusion" or models_here):
+            # completes the cache; also refuses a stack of other generator settings (resolution, model digests)
+            build_kwargs.setdefault("verify_existing", False)
+            build_stack(datalist, stack_dir, generator=generator, n=n, seed=seed, data_root=data_root, **build_kwargs)
+        elif not held.is_file():
+            raise S2S2InputError(
+                stack_dir,
+                "no stack cache here",
+                f"build it with `s2s2 stack build --datalist {datalist} --out {stack_dir}` or set build_stack_if_missing true",
+            )
+        else:  # a diffusion stack built elsewhere, without its model folders here: it must be complete
+            from s2s2_monai.stack.cache import StackCache
+
+            info = StackCache(stack_dir).info()
+            if not info["complete"]:
+                raise S2S2InputError(
+                    stack_dir,
+                    f"stack incomplete ({len(info['missing'])} missing, {len(info['corrupt'])} corrupt entries) and "
+                    "it cannot be completed here",
+                    "pass --sd_dir and --controlnet_dir to complete it, or rebuild it where they are",
+                )
+    except S2S2InputError as exc:
+        exit_or_raise(exc, exit_on_error)
     return str(stack_dir)

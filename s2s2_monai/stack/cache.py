@@ -399,6 +399,16 @@ class StackCache:
             p.unlink(missing_ok=True)
         return len(files)
 
+    def clear(self) -> int:
+        """Delete every entry and the manifest (an explicit stack replacement); returns the entries removed."""
+        keys = self.stored_keys()
+        for key in keys:
+            self.remove_entry(key)
+        self.manifest_path.unlink(missing_ok=True)
+        self._manifest = None
+        self._headers.clear()
+        return len(keys)
+
     def stored_keys(self) -> list[str]:
         """Keys of all entry files present (referenced by the manifest or not)."""
         base = self.root / "entries"

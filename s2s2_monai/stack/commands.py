@@ -104,10 +104,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--resolution",
         type=int,
         default=None,
-        help="diffusion generation resolution (default 512); stacks are stored at the slice grid",
+        help="diffusion generation resolution (default: the ControlNet's training resolution, else 512; another one is refused); stacks are stored at the slice grid",
     )
     p.add_argument("--batch-size", type=int, default=8, help="masks per generator call (default 8)")
     p.add_argument("--no-qc", action="store_true", help="skip the per-organ intensity quality check")
+    p.add_argument(
+        "--replace",
+        action="store_true",
+        help="the --out folder holds a stack of other settings: delete it and build this one (default: stop, untouched)",
+    )
     add_no_progress(p)
     p.set_defaults(func=_build)
 

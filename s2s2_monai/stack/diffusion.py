@@ -21,12 +21,15 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from s2s2_monai.errors import S2S2InputError
 from s2s2_monai.label_maps import LabelMap, get_label_map
 from s2s2_monai.stack.base import StackGenerator
 from s2s2_monai.stack.conditioning import render_label_map, resize_images
 from s2s2_monai.stack.sd_folder import (
+    CONTROLNET_RECORD,
     check_controlnet_folder,
     check_sd_folder,
+    controlnet_record,
     folder_digest,
     load_controlnet,
     load_sd_components,
@@ -36,6 +39,8 @@ __all__ = ["DiffusionGenerator", "member_seed"]
 
 #: version of the conditioning rendering + output conversion (part of ``settings()``)
 _RENDER_VERSION = "voc-palette/nearest-exact/rgb-mean/bilinear-v1"
+#: generation size of a ControlNet folder that records no training resolution (SD 2.x base, the paper's)
+DEFAULT_RESOLUTION = 512
 
 
 def member_seed(seed: int, member: int) -> int:
@@ -49,8 +54,9 @@ class DiffusionGenerator(StackGenerator):
     Args:
         sd_dir: local Stable Diffusion folder (diffusers layout).
         controlnet_dir: ControlNet folder from ``s2s2 controlnet train`` (``save_pretrained``).
-        resolution: square generation size (512 for Synapse, 192 for the 4-class sets); must be a
-            multiple of the VAE x UNet downsampling.
+        resolution: square generation size; default the ControlNet's training resolution (its
+            ``s2s2_controlnet.json``), else 512. Another value than the one it was trained at is refused.
+            Must be a multiple of the VAE x UNet downsampling.
         steps: DDIM steps.
         guidance_scale: classifier-free guidance scale.
         eta: DDIM eta (0 = deterministic).
@@ -66,7 +72,7 @@ class DiffusionGenerator(StackGenerator):
         self,
         sd_dir: str | os.PathLike,
         controlnet_dir: str | os.PathLike,
-        resolution: int = 512,
+        resolution: int | None = None,
         steps: int = 50,
         guidance_scale: float = 9.0,
         eta: float = 0.0,
@@ -77,10 +83,20 @@ class DiffusionGenerator(StackGenerator):
     ) -> None:
         from diffusers import DDIMScheduler, StableDiffusionControlNetPipeline
 
-        if steps < 1 or batch_size < 1 or resolution < 8:
-            raise ValueError("steps and batch_size must be >= 1, resolution >= 8")
         self.sd_dir = check_sd_folder(sd_dir)
         self.controlnet_dir = check_controlnet_folder(controlnet_dir, self.sd_dir)
+        trained_at = (controlnet_record(self.controlnet_dir) or {}).get("resolution")
+        if resolution is None:
+            resolution = trained_at or DEFAULT_RESOLUTION
+        elif trained_at and int(resolution) != int(trained_at):
+            raise S2S2InputError(
+                self.controlnet_dir / CONTROLNET_RECORD,
+                f"this ControlNet was fine-tuned at {trained_at} px; generation at {resolution} px asked",
+                f"leave the resolution unset (--resolution / stack_resolution) to generate at {trained_at}, or fine-tune "
+                f"at {resolution} (s2s2 controlnet train --resolution {resolution})",
+            )
+        if steps < 1 or batch_size < 1 or resolution < 8:
+            raise ValueError("steps and batch_size must be >= 1, resolution >= 8")
         self.device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
         self.dtype = torch.float16 if self.device.type == "cuda" else torch.float32
         self.resolution, self.steps, self.guidance_scale, self.eta = (

@@ -46,7 +46,13 @@ from s2s2_monai.label_maps import LabelMap
 from s2s2_monai.stack.base import UnitIntensity
 from s2s2_monai.stack.conditioning import render_label_map, resize_images
 from s2s2_monai.stack.prompts import build_prompt
-from s2s2_monai.stack.sd_folder import SDComponents, folder_digest, load_controlnet, load_sd_components
+from s2s2_monai.stack.sd_folder import (
+    CONTROLNET_RECORD,
+    SDComponents,
+    folder_digest,
+    load_controlnet,
+    load_sd_components,
+)
 
 __all__ = [
     "ControlNetTrainConfig",
@@ -436,6 +442,19 @@ def train_controlnet(
     if newest is None or int(STEP_DIR.match(newest.name).group(1)) != step:
         checkpoint()  # e.g. resumed at the end already, or total == 0
 
-    write_folder(out / "controlnet", lambda tmp: controlnet.save_pretrained(tmp))
+    record = {
+        "resolution": config.resolution,
+        "base_model": {"sd_dir": run_info["sd_dir"], "sd_digest": run_info["sd_digest"]},
+        "label_map": dl.label_map.name,
+        "modality": dl.modality,
+        "steps": step,
+        "seed": config.seed,
+    }
+
+    def save(tmp: Path) -> None:
+        controlnet.save_pretrained(tmp)
+        write_json(tmp / CONTROLNET_RECORD, record)
+
+    write_folder(out / "controlnet", save)
     write_json(out / "losses.json", losses)
     return TrainResult(controlnet_dir=out / "controlnet", steps=step, losses=losses, resumed_from=resumed_from)

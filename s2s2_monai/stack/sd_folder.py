@@ -13,7 +13,10 @@ writes, and what the SD 2.x repositories hold)::
 
 A ControlNet folder is what ``ControlNetModel.save_pretrained`` writes: ``config.json`` +
 ``diffusion_pytorch_model.safetensors``. Missing pieces raise :class:`S2S2InputError` naming the
-missing file and the expected layout.
+missing file and the expected layout. One written by ``s2s2 controlnet train`` also holds
+``s2s2_controlnet.json`` (:data:`CONTROLNET_RECORD`): its training ``resolution`` and ``base_model``
+(the SD folder and its content digest); loading it with another SD folder, or generating at another
+resolution, is refused (:func:`controlnet_record`).
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ from s2s2_monai.errors import S2S2InputError
 __all__ = [
     "SD_LAYOUT",
     "CONTROLNET_LAYOUT",
+    "CONTROLNET_RECORD",
+    "controlnet_record",
     "SDComponents",
     "check_sd_folder",
     "check_controlnet_folder",
@@ -44,6 +49,8 @@ SD_LAYOUT = (
     "tokenizer/{vocab.json, merges.txt} (or tokenizer/tokenizer.json), scheduler/scheduler_config.json"
 )
 CONTROLNET_LAYOUT = "config.json, diffusion_pytorch_model.safetensors (as written by ControlNetModel.save_pretrained)"
+#: What ``s2s2 controlnet train`` records next to the ControlNet weights: resolution, base model, data.
+CONTROLNET_RECORD = "s2s2_controlnet.json"
 
 _WEIGHT_STEMS = {
     "unet": ("diffusion_pytorch_model",),
@@ -133,6 +140,14 @@ def check_controlnet_folder(controlnet_dir: str | os.PathLike, sd_dir: str | os.
         )
     if sd_dir is not None:
         sd = Path(sd_dir)
+        base = (controlnet_record(root) or {}).get("base_model") or {}
+        if base.get("sd_digest") and base["sd_digest"] != folder_digest(sd):
+            raise S2S2InputError(
+                root / CONTROLNET_RECORD,
+                f"this ControlNet was fine-tuned on the SD folder {base.get('sd_dir')} (digest {base['sd_digest'][:12]}), "
+                f"not on {sd} (digest {folder_digest(sd)[:12]})",
+                f"pass --sd-dir {base.get('sd_dir')} (the base model it was trained on), or fine-tune a ControlNet on {sd}",
+            )
         unet = _read_json(sd / "unet" / "config.json", "Stable Diffusion folder", SD_LAYOUT)
         vae = _read_json(sd / "vae" / "config.json", "Stable Diffusion folder", SD_LAYOUT)
         # the ControlNet's residuals are added to the UNet's down and mid blocks: same widths and depths
@@ -152,6 +167,12 @@ def check_controlnet_folder(controlnet_dir: str | os.PathLike, sd_dir: str | os.
                 "use the ControlNet trained on this --sd-dir",
             )
     return root
+
+
+def controlnet_record(controlnet_dir: str | os.PathLike) -> dict | None:
+    """The folder's :data:`CONTROLNET_RECORD` (``resolution``, ``base_model``, ...); ``None`` if it has none."""
+    path = Path(controlnet_dir) / CONTROLNET_RECORD
+    return _read_json(path, "ControlNet record", "a JSON object written by s2s2 controlnet train") if path.is_file() else None
 
 
 def _as_list(value):
