@@ -55,7 +55,6 @@ TINY = {
     "amp": False,
     "device": "$torch.device('cpu')",
     "stack_n": 2,
-    "image_resize_mode": "bilinear",  # the label app's segment_file resizes bilinearly
 }
 
 
@@ -176,7 +175,10 @@ def test_exported_folder_runs_as_monai_bundle(work, tmp_path):
     wf.run()
     wf.finalize()
     image = data / "imagesTr" / "phantom_003.nii.gz"  # the test section
-    ref = segment_file(b.load_network(), image, tmp_path / "app.nii.gz", b.modality, input_size=b.input_size)
+    assert b.image_resize_mode == "bicubic"  # the paper bundle's: the app resizes as training did
+    ref = segment_file(
+        b.load_network(), image, tmp_path / "app.nii.gz", b.modality, input_size=b.input_size, mode=b.image_resize_mode
+    )
     got = nib.load(str(tmp_path / "bundle_run" / "predictions" / "phantom_003.nii.gz"))
     np.testing.assert_allclose(got.affine, nib.load(str(ref)).affine, atol=1e-5)
     np.testing.assert_array_equal(np.asarray(got.dataobj), np.asarray(nib.load(str(ref)).dataobj))
@@ -228,11 +230,13 @@ def test_segment_file_keeps_geometry(work, tmp_path, case, request):
     )  # phantom: LPS on disk; real: RAS
     b = work["bundle"]
     net = b.load_network()
-    out = segment_file(net, image, tmp_path / "pred.nii.gz", b.modality, input_size=b.input_size, batch_size=5)
+    out = segment_file(
+        net, image, tmp_path / "pred.nii.gz", b.modality, input_size=b.input_size, batch_size=5, mode="bicubic"
+    )
     _check_label_file(out, image, b.label_map)
     # independent path: the written file read back into RAS equals the RAS prediction
     vol = prepare_volume(image, b.modality)
-    expected = predict_volume(net, vol.image, input_size=b.input_size, batch_size=32)
+    expected = predict_volume(net, vol.image, input_size=b.input_size, batch_size=32, mode="bicubic")
     np.testing.assert_array_equal(load_volume(out, is_label=True)[0].numpy(), expected.numpy())
 
 
@@ -370,7 +374,12 @@ def _infer_and_check(server, work, image_id: str, image_path: Path, tmp_path: Pa
     # the same model run in-process gives the same labels
     b = load_model_bundle(server["models"] / "synapse")
     ref = segment_file(
-        b.load_network(), image_path, tmp_path / f"{image_id}_ref.nii.gz", b.modality, input_size=b.input_size
+        b.load_network(),
+        image_path,
+        tmp_path / f"{image_id}_ref.nii.gz",
+        b.modality,
+        input_size=b.input_size,
+        mode=b.image_resize_mode,
     )
     np.testing.assert_array_equal(arr, np.asarray(nib.load(str(ref)).dataobj))
     return arr

@@ -60,12 +60,15 @@ class ModelBundle:
         root: the folder.
         label_map: classes the network predicts.
         input_size: (H, W) the network expects; slices are resized to it.
+        image_resize_mode: interpolation of that resize, as in training (the config's
+            ``image_resize_mode``; ``"bilinear"`` when it has none).
     """
 
     name: str
     root: Path
     label_map: LabelMap
     input_size: tuple[int, int] | None
+    image_resize_mode: str = "bilinear"
 
     @property
     def weights_path(self) -> Path:
@@ -137,11 +140,13 @@ def load_model_bundle(root: str | os.PathLike, name: str | None = None) -> Model
     if "network_def" not in parser:
         raise S2S2InputError(config, "the config has no 'network_def'", fix)
     size = parse_setting(parser, "input_size", config, fix) if "input_size" in parser else None
+    mode = parse_setting(parser, "image_resize_mode", config, fix, default="bilinear")
     return ModelBundle(
         name=name or root.name,
         root=root,
         label_map=label_map,
         input_size=None if size is None else tuple(int(s) for s in size),
+        image_resize_mode=str(mode),
     )
 
 

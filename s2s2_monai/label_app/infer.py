@@ -69,6 +69,7 @@ class S2S2InferTask(BasicInferTask):
                 "modality": self.bundle.modality,
                 "label_map": self.bundle.label_map.name,
                 "input_size": self.bundle.input_size,
+                "image_resize_mode": self.bundle.image_resize_mode,
             }
         )
         return info
@@ -87,6 +88,7 @@ class S2S2InferTask(BasicInferTask):
             input_size=self.bundle.input_size,
             batch_size=int(data.get("batch_size", self.batch_size)),
             device=device,
+            mode=self.bundle.image_resize_mode,
         )
         return data
 

@@ -68,8 +68,14 @@ def segment_file(
     input_size=None,
     batch_size: int = 32,
     device: torch.device | str | None = None,
+    mode: str = "bilinear",
 ) -> Path:
-    """Segment one volume with a 2D network; write its labels in the file's geometry (atomic)."""
+    """Segment one volume with a 2D network; write its labels in the file's geometry (atomic).
+
+    ``mode`` is the interpolation of the slice resize to ``input_size`` (the bundle's ``image_resize_mode``).
+    """
     volume = prepare_volume(image_path, modality)
-    labels = predict_volume(network, volume.image, input_size=input_size, batch_size=batch_size, device=device)
+    labels = predict_volume(
+        network, volume.image, input_size=input_size, batch_size=batch_size, device=device, mode=mode
+    )
     return write_label(labels, volume, out)

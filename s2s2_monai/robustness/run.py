@@ -58,8 +58,8 @@ def load_bundle_network(
         device: where the network goes.
 
     Returns:
-        ``(network in eval mode, {"input_size": ..., "label_map": ..., "hd95": ...})`` (settings the
-        bundle defines, ``None`` otherwise).
+        ``(network in eval mode, {"input_size": ..., "image_resize_mode": ..., "label_map": ..., "hd95": ...})``
+        (settings the bundle defines, ``None`` otherwise).
     """
     from s2s2_monai.bundle_config import load_trained_network, parse_setting, read_config
 
@@ -77,7 +77,8 @@ def load_bundle_network(
     def setting(key):
         return parse_setting(parser, key, paths[-1], "fix the bundle config", default=None)
 
-    return network, {"input_size": setting("input_size"), "label_map": setting("label_map"), "hd95": setting("hd95")}
+    keys = ("input_size", "image_resize_mode", "label_map", "hd95")
+    return network, {key: setting(key) for key in keys}
 
 
 def _mean_dice(metrics: dict) -> float:
