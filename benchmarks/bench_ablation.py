@@ -16,7 +16,7 @@ number was seen (the epoch count from the time budget only); nothing is tuned on
 Labels are TotalSegmentator outputs, not manual ground truth, and there is one training scan: this
 shows the direction and size of an effect on this data, not the paper's Synapse numbers.
 
-    python benchmarks/bench_ablation.py [--out runs/bench_ablation] [--seeds 3] [--epochs 12]
+    python benchmarks/bench_ablation.py [--out runs/bench_ablation] [--seeds 3] [--epochs 30]
         [--severities 1 3 5] [--arms baseline,synthetic,enc,enc+dec]
 
 Resumable: re-running continues where it stopped (finished arms x seeds are skipped).
@@ -103,7 +103,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="runs/bench_ablation")
     p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--epochs", type=int, default=12)
+    p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--severities", type=int, nargs="+", default=[1, 3, 5])
     p.add_argument("--arms", default="baseline,synthetic,enc,enc+dec")
     p.add_argument("--threads", type=int, default=2)

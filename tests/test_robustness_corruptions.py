@@ -191,9 +191,8 @@ def test_severity_table():
     md = severity_table_markdown().strip().splitlines()
     assert len(md) == 2 + len(CORRUPTIONS) and all(line.count("|") == md[0].count("|") for line in md)
     assert all(f"`{n}`" in severity_table_markdown() for n in CORRUPTIONS)
-    assert (
-        CORRUPTIONS["motion"][0].startswith("RandomMotion") and CORRUPTIONS["motion"][1]["degrees"] == 30
-    )  # legacy tuple access
+    motion = CORRUPTIONS["motion"].record(3)
+    assert motion["implementation"].startswith("RandomMotion") and motion["params"]["degrees"] == 30
 
 
 @pytest.mark.parametrize("severity", [0, 6, -1, 2.5, True, "3", None])

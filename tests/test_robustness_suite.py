@@ -90,37 +90,49 @@ class _ThresholdNet(torch.nn.Module):
         return logits
 
 
-def test_robustness_report_lists_every_corruption(tiny_demo, tmp_path):
+def test_robustness_report_lists_every_corruption_at_every_severity(tiny_demo, tmp_path):
     out = tmp_path / "rob"
     res = robustness_evaluation(
-        _ThresholdNet(), tiny_demo, out, section="test", copies=2, seed=0, n_boot=50, progress=False
+        _ThresholdNet(), tiny_demo, out, section="test", copies=2, seed=0, severities=[4, 1], n_boot=50, progress=False
     )
-    names = ["clean", *CORRUPTIONS]
+    methods = [f"{c}@{s}" for c in CORRUPTIONS for s in (1, 4)]
     summary = json.loads((out / "summary.json").read_text())
-    assert list(summary["methods"]) == names
-    assert [c["method"] for c in summary["comparisons"]] == list(CORRUPTIONS)
+    assert list(summary["methods"]) == ["clean", *methods]
+    assert [c["method"] for c in summary["comparisons"]] == methods
     rob = json.loads((out / "robustness.json").read_text())
-    assert list(rob["dice"]) == names and rob == res["robustness"]
+    assert rob == res["robustness"] and rob["severities"] == [1, 4]
+    assert list(rob["dice"]) == ["clean", *CORRUPTIONS] and all(list(rob["dice"][c]) == ["1", "4"] for c in CORRUPTIONS)
+    assert rob["corruptions"]["gamma"]["4"] == CORRUPTIONS["gamma"].record(4)
     rows = list(csv.DictReader(open(out / "robustness.csv")))
-    assert len(rows) == len(CORRUPTIONS) * 2 * 1  # corruptions x copies x test cases
-    assert {r["corruption"] for r in rows} == set(CORRUPTIONS) and {r["copy"] for r in rows} == {"0", "1"}
-    for name in CORRUPTIONS:  # the table's mean equals the mean of the copies
-        vals = [float(r["mean_dice"]) for r in rows if r["corruption"] == name]
-        assert rob["dice"][name]["mean_dice"] == pytest.approx(np.mean(vals))
-        assert rob["dice"][name]["drop"] == pytest.approx(np.mean(vals) - rob["dice"]["clean"]["mean_dice"])
+    assert len(rows) == len(CORRUPTIONS) * 2 * 2 * 1  # corruptions x severities x copies x test cases
+    assert {r["severity"] for r in rows} == {"1", "4"} and {r["copy"] for r in rows} == {"0", "1"}
+    clean = rob["dice"]["clean"]["mean_dice"]
+    for name in CORRUPTIONS:  # the table's mean equals the mean of the copies, per level
+        for level in ("1", "4"):
+            vals = [float(r["mean_dice"]) for r in rows if r["corruption"] == name and r["severity"] == level]
+            assert rob["dice"][name][level]["mean_dice"] == pytest.approx(np.mean(vals))
+            assert rob["dice"][name][level]["drop"] == pytest.approx(np.mean(vals) - clean)
+    per_level = rob["scores"]["mean_dice_per_severity"]
+    assert per_level["4"] == pytest.approx(np.mean([rob["dice"][c]["4"]["mean_dice"] for c in CORRUPTIONS]))
+    drops = [clean - rob["dice"][c][v]["mean_dice"] for c in CORRUPTIONS for v in ("1", "4")]
+    assert rob["scores"]["mean_degradation"] == pytest.approx(np.mean(drops))
     page = (out / "report.html").read_text()
     assert "<h2>Robustness</h2>" in page and "figures/robustness_dice.png" in page
-    for name in names:
+    assert "<th>severity 1</th><th>severity 4</th>" in page
+    for name in CORRUPTIONS:
         assert f"<td class='l'>{name}</td>" in page
     assert (out / "figures" / "robustness_dice.png").stat().st_size > 1000
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging folder left
-    # the corrupted copies in the CSV can be regenerated from their seeds
-    assert int(rows[0]["seed"]) == copy_seed(0, rows[0]["corruption"], rows[0]["case"], int(rows[0]["copy"]))
+    # the corrupted copies in the CSV can be regenerated from their seeds, at their level
+    r = rows[-1]
+    assert int(r["seed"]) == copy_seed(0, r["corruption"], r["case"], int(r["copy"]))
 
 
 def test_robustness_bad_input(tiny_demo, tmp_path):
     with pytest.raises(S2S2InputError, match="unknown or no corruptions"):
         robustness_evaluation(_ThresholdNet(), tiny_demo, tmp_path / "o", corruptions=["blur"])
+    with pytest.raises(S2S2InputError, match="severities must be levels of"):
+        robustness_evaluation(_ThresholdNet(), tiny_demo, tmp_path / "o", severities=[0, 6])
     with pytest.raises(S2S2InputError, match="no labelled cases"):
         robustness_evaluation(_ThresholdNet(), tiny_demo, tmp_path / "o", section="nope")
     assert not (tmp_path / "o").exists()
@@ -155,6 +167,9 @@ def test_cli_runs_a_cooperative_bundle_checkpoint(tiny_demo, tmp_path, capsys):
         "spike",
         "--corruption",
         "ghosting",
+        "--severities",
+        "5",
+        "2",
         "--set",
         "cooperative_channels=[4,8,8]",
         "--input-size",
@@ -169,7 +184,9 @@ def test_cli_runs_a_cooperative_bundle_checkpoint(tiny_demo, tmp_path, capsys):
     assert main(args) == 0
     text = capsys.readouterr().out
     assert "spike" in text and "ghosting" in text and "clean" in text
-    assert list(json.loads((tmp_path / "r" / "robustness.json").read_text())["dice"]) == ["clean", "spike", "ghosting"]
+    assert "spike@2" in text and "ghosting@5" in text
+    rob = json.loads((tmp_path / "r" / "robustness.json").read_text())
+    assert list(rob["dice"]) == ["clean", "spike", "ghosting"] and rob["severities"] == [2, 5]
     loaded, settings = load_bundle_network(
         BUNDLE, ckpt, ["train.json", "cooperative.json"], {"cooperative_channels": [4, 8, 8]}
     )
@@ -200,3 +217,13 @@ def test_cli_runs_a_cooperative_bundle_checkpoint(tiny_demo, tmp_path, capsys):
         )
         == 2
     )
+
+
+def test_cli_help_lists_the_severities(capsys):
+    from s2s2_monai.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["robustness", "--help"])
+    assert exc.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--severities S [S ...]" in text and "of 1 2 3 4 5 (default 3" in text

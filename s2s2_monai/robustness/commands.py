@@ -65,15 +65,18 @@ def _robustness(args: argparse.Namespace) -> int:
             out_dir=args.out,
             corruptions=args.corruption,
             input_size=input_size,
+            mode=settings["image_resize_mode"] or "bilinear",
             hd95=args.hd95 or settings["hd95"],
             device=device,
             n_boot=args.bootstrap,
         ),
     )
     fmt = lambda v: "nan" if v is None else f"{v:.4f}"  # noqa: E731
-    for name, r in result["robustness"]["dice"].items():
-        drop = "" if name == "clean" else f"  (drop {fmt(r['drop'])})"
-        print(f"{name:>11}: mean Dice {fmt(r['mean_dice'])} over {r['n']} volumes{drop}")
+    dice = result["robustness"]["dice"]
+    print(f"{'clean':>15}: mean Dice {fmt(dice['clean']['mean_dice'])} over {dice['clean']['n']} volumes")
+    for name, levels in dice.items():
+        for level, r in ({} if name == "clean" else levels).items():
+            print(f"{name + '@' + level:>15}: mean Dice {fmt(r['mean_dice'])} over {r['n']} volumes (drop {fmt(r['drop'])})")
     print(f"wrote {args.out}/report.html, metrics.csv, summary.json, robustness.csv, robustness.json")
     return 0
 
@@ -92,14 +95,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     from s2s2_monai.label_maps import LABEL_MAPS
     from s2s2_monai.robustness.names import CORRUPTION_NAMES, DEFAULT_SEVERITY, SEVERITIES
 
-    levels = f"{SEVERITIES[0]}-{SEVERITIES[-1]}"
+    levels = " ".join(map(str, SEVERITIES))
     p = sub.add_parser(
         "robustness",
         help="Dice on seeded corrupted copies of test volumes vs clean (scanner artefacts, CT degradations)",
         description=(
             f"Segment the labelled cases of a datalist section clean and in seeded corrupted copies, and report the Dice drop. "
             f"Corruptions: {', '.join(CORRUPTION_NAMES)}; each is graded in severities {', '.join(map(str, SEVERITIES))} "
-            f"(mildest first); this command runs severity {DEFAULT_SEVERITY}, the upstream setting."
+            f"(mildest first; --severities, default {DEFAULT_SEVERITY}, the upstream setting)."
         ),
     )
     p.add_argument(
@@ -122,7 +125,16 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="append",
         choices=CORRUPTION_NAMES,
         default=None,
-        help=f"corruption(s) to run (default all {len(CORRUPTION_NAMES)}), at severity {DEFAULT_SEVERITY} of {levels}",
+        help=f"corruption(s) to run (default all {len(CORRUPTION_NAMES)})",
+    )
+    p.add_argument(
+        "--severities",
+        type=int,
+        nargs="+",
+        choices=SEVERITIES,
+        default=[DEFAULT_SEVERITY],
+        metavar="S",
+        help=f"severity levels to run, of {levels} (default {DEFAULT_SEVERITY}, the upstream setting); e.g. --severities 1 2 3 4 5",
     )
     p.add_argument("--copies", type=int, default=3, help="seeded copies per case and corruption (default 3)")
     add_seed(p, "base seed of the copies")

@@ -135,10 +135,6 @@ class Corruption:
             "text": self.fmt.format(**p),
         }
 
-    def __getitem__(self, i: int):
-        """Legacy ``CORRUPTIONS[name][0 | 1]`` = (implementation, level-3 parameters); use :meth:`record`."""
-        return (self.implementation, self.params(3))[i]
-
 
 def _check_severity(severity) -> int:
     if isinstance(severity, bool) or severity not in SEVERITIES:

@@ -1,17 +1,20 @@
 """Robustness evaluation: a network on clean and corrupted copies of a datalist section, one report.
 
 Every labelled case of the section is segmented clean and in ``copies`` seeded corrupted copies
-per corruption (:mod:`s2s2_monai.robustness.corruptions`), with the project's slice inference
+per corruption and severity level (:mod:`s2s2_monai.robustness.corruptions`; all levels of a copy
+share its seed, so they are one corruption at growing strength), with the project's slice inference
 (:func:`~s2s2_monai.evaluation.inference.predict_volume`) and scored by the project's
 :class:`~s2s2_monai.evaluation.metric_table.MetricTable`. The output folder holds the standard
 evaluation report (``metrics.csv``, ``summary.json``, ``report.html``, ``figures/``: each
-corruption is a *method* next to ``clean``, its copies of a case averaged per case, and compared
-with ``clean`` case by case) plus:
+corruption level ``name@s`` is a *method* next to ``clean``, its copies of a case averaged per case,
+and compared with ``clean`` case by case) plus:
 
-- ``robustness.csv``: one row per corruption x copy x case (seed, mean Dice, Dice per class);
-- ``robustness.json``: mean Dice per corruption next to the clean score, and the drop;
-- ``figures/robustness_dice.png``: the same as a plot, linked from a "Robustness" section of
-  ``report.html``.
+- ``robustness.csv``: one row per corruption x severity x copy x case (seed, mean Dice, Dice per class);
+- ``robustness.json``: the parameters of every level; ``dice``: the clean score and, per corruption
+  and severity, mean Dice and its drop vs clean; ``scores``: mean Dice per severity (over
+  corruptions) and the degradation (:func:`~s2s2_monai.robustness.scores.degradation`);
+- ``figures/robustness_dice.png``: Dice vs severity, one line per corruption, the clean score
+  dashed; linked from a "Robustness" section of ``report.html``.
 
 All files are staged in a temporary folder and moved in at the end (``report.html`` last).
 """
@@ -33,8 +36,10 @@ from tqdm.auto import tqdm
 from s2s2_monai.atomic import json_safe, publish, write_json
 from s2s2_monai.errors import S2S2InputError
 from s2s2_monai.robustness.corruptions import CORRUPTIONS, copy_seed, corrupt_volume
+from s2s2_monai.robustness.names import DEFAULT_SEVERITY, SEVERITIES
+from s2s2_monai.robustness.scores import degradation
 
-__all__ = ["ROBUSTNESS_FILES", "load_bundle_network", "robustness_evaluation"]
+__all__ = ["ROBUSTNESS_FILES", "load_bundle_network", "method_name", "robustness_evaluation"]
 
 ROBUSTNESS_FILES = ("robustness.csv", "robustness.json", "figures/robustness_dice.png")
 
@@ -86,45 +91,64 @@ def _mean_dice(metrics: dict) -> float:
     return float(np.mean(vals)) if vals else float("nan")
 
 
-def _plot(path: Path, clean: list[float], per_corruption: dict[str, list[float]]) -> None:
+def _plot(path: Path, clean: float, curve: dict[str, dict[int, float]]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = ["clean", *per_corruption]
-    data = [np.asarray([v for v in vals if np.isfinite(v)]) for vals in [clean, *per_corruption.values()]]
-    fig, ax = plt.subplots(figsize=(1.4 * len(names) + 2, 3.6))
-    ax.boxplot([d if d.size else np.array([np.nan]) for d in data], showmeans=True)
-    ax.set_xticks(range(1, len(names) + 1), names)
-    ax.axhline(
-        np.mean(data[0]) if data[0].size else np.nan, color="tab:green", linestyle="--", linewidth=1, label="clean mean"
-    )
-    ax.set_ylabel("mean Dice per case (copy)")
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    for name, levels in curve.items():
+        sev = sorted(levels)
+        ax.plot(sev, [levels[s] for s in sev], marker="o", label=name)
+    ax.axhline(clean, color="black", linestyle="--", linewidth=1, label="clean")
+    ax.set_xticks(list(SEVERITIES))
+    ax.set_xlim(SEVERITIES[0] - 0.3, SEVERITIES[-1] + 0.3)
+    ax.set_xlabel("severity level")
+    ax.set_ylabel("mean Dice")
     ax.set_ylim(0, 1)
-    ax.set_title("Dice per corruption vs clean")
-    ax.legend(loc="lower left", fontsize="small")
+    ax.set_title("Dice vs corruption severity")
+    ax.legend(loc="lower left", fontsize="small", ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
-def _html_section(table: dict, copies: int, seed: int) -> str:
+def _html_section(robustness: dict) -> str:
     e = html.escape
+    sev = robustness["severities"]
+    clean = robustness["dice"]["clean"]
     rows = [
         "<h2>Robustness</h2>",
-        f"<p>Mean Dice (mean over cases of the per-case class mean) on clean volumes and on {copies} seeded "
-        f"corrupted copies per case and corruption (base seed {seed}); drop = corruption - clean. Corrupted "
-        "copies of a case are averaged per case in the tables above. Per copy: robustness.csv.</p>",
-        "<table><tr><th>set</th><th>mean Dice</th><th>std</th><th>drop vs clean</th><th>n</th></tr>",
+        f"<p>Mean Dice (mean over cases of the per-case class mean) on clean volumes and on {robustness['copies']} "
+        f"seeded corrupted copies per case, corruption and severity (base seed {robustness['seed']}; all severities "
+        "of a copy share its seed). Cell: mean Dice (drop vs clean). Per copy: robustness.csv; the parameters of "
+        "each level: robustness.json.</p>",
+        f"<p>Clean: {clean['mean_dice']:.4g} (n = {clean['n']}).</p>",
+        "<table><tr><th>corruption</th>" + "".join(f"<th>severity {s}</th>" for s in sev) + "</tr>",
     ]
-    for name, r in table.items():
-        drop = "" if name == "clean" else f"{r['drop']:.4g}"
-        rows.append(
-            f"<tr><td class='l'>{e(name)}</td><td>{r['mean_dice']:.4g}</td><td>{r['std']:.4g}</td><td>{drop}</td><td>{r['n']}</td></tr>"
+    for name, levels in robustness["dice"].items():
+        if name == "clean":
+            continue
+        cells = "".join(
+            f"<td>{levels[str(s)]['mean_dice']:.4g} ({levels[str(s)]['drop']:+.3f})</td>" for s in sev
         )
-    rows.append("</table><img src='figures/robustness_dice.png' alt='Dice per corruption'>")
+        rows.append(f"<tr><td class='l'>{e(name)}</td>{cells}</tr>")
+    means = robustness["scores"]["mean_dice_per_severity"]
+    rows.append(
+        "<tr><td class='l'>mean</td>" + "".join(f"<td>{means[str(s)]:.4g}</td>" for s in sev) + "</tr></table>"
+    )
+    rows.append(
+        f"<p>Mean degradation (clean - corrupted, over corruptions and severities): "
+        f"{robustness['scores']['mean_degradation']:.4g}.</p>"
+    )
+    rows.append("<img src='figures/robustness_dice.png' alt='Dice vs severity per corruption'>")
     return "\n".join(rows)
+
+
+def method_name(corruption: str, severity: int) -> str:
+    """The report's method name of one corruption level, e.g. ``gamma@3``."""
+    return f"{corruption}@{int(severity)}"
 
 
 def robustness_evaluation(
@@ -135,7 +159,9 @@ def robustness_evaluation(
     corruptions: Sequence[str] | None = None,
     copies: int = 3,
     seed: int = 0,
+    severities: Sequence[int] = (DEFAULT_SEVERITY,),
     input_size: Sequence[int] | None = None,
+    mode: str = "bilinear",
     label_map=None,
     hd95: str | None = None,
     device: torch.device | str | None = None,
@@ -154,7 +180,9 @@ def robustness_evaluation(
         corruptions: names from :data:`~s2s2_monai.robustness.corruptions.CORRUPTIONS` (default all).
         copies: corrupted copies per case and corruption.
         seed: base seed (see :func:`~s2s2_monai.robustness.corruptions.copy_seed`).
+        severities: levels of :data:`~s2s2_monai.robustness.names.SEVERITIES` (default the upstream level 3).
         input_size: network input (H, W); slices are resized to it and back.
+        mode: interpolation of that resize (the bundle's ``image_resize_mode``).
         label_map: default the datalist's.
         hd95: HD95 definition (default the evaluation default).
         device: where the network runs (default its device).
@@ -181,6 +209,11 @@ def robustness_evaluation(
         )
     if copies < 1:
         raise S2S2InputError(None, f"copies must be >= 1, got {copies}", "use --copies 3 (the default)")
+    severities = sorted({int(v) for v in severities})
+    if not severities or any(v not in SEVERITIES for v in severities):
+        raise S2S2InputError(
+            None, f"severities must be levels of {list(SEVERITIES)}, got {severities}", "e.g. --severities 1 3 5"
+        )
     dl = as_datalist(datalist, data_root)
     entries = [e for e in dl.items(section) if e.get("label")]
     if not entries:
@@ -193,34 +226,40 @@ def robustness_evaluation(
     ev = MetricTable(lm.classes, hd95=hd95 or DEFAULT_HD95, label_map=lm.name)
     rows: list[dict] = []
     clean_scores: list[float] = []
-    scores: dict[str, list[float]] = {c: [] for c in corruptions}
-    total = len(entries) * (1 + len(corruptions) * copies)
+    scores: dict[str, dict[int, list[float]]] = {c: {v: [] for v in severities} for c in corruptions}
+    total = len(entries) * (1 + len(corruptions) * len(severities) * copies)
     bar = tqdm(total=total, desc=f"robustness {section}", unit="volume", disable=not progress)
+
+    def segment(image):
+        return predict_volume(
+            network, image, input_size=input_size, batch_size=batch_size, device=device, mode=mode
+        )
+
     for entry in entries:
         case = load_entry(dl, entry)
-        pred = predict_volume(network, case.image, input_size=input_size, batch_size=batch_size, device=device)
-        clean_scores.append(
-            _mean_dice(ev.add(case.case_id, pred, case.label, case.spacing, method="clean", image=case.image))
-        )
+        metrics = ev.add(case.case_id, segment(case.image), case.label, case.spacing, method="clean", image=case.image)
+        clean_scores.append(_mean_dice(metrics))
         bar.update()
         for name in corruptions:
             for k in range(copies):
                 s = copy_seed(seed, name, case.case_id, k)
-                image = corrupt_volume(case.image, name, s, case.spacing)
-                pred = predict_volume(network, image, input_size=input_size, batch_size=batch_size, device=device)
-                metrics = ev.add(case.case_id, pred, case.label, case.spacing, method=name, image=image)
-                scores[name].append(_mean_dice(metrics))
-                rows.append(
-                    {
-                        "corruption": name,
-                        "copy": k,
-                        "seed": s,
-                        "case": case.case_id,
-                        "mean_dice": scores[name][-1],
-                        **{f"dice_{lm.name_of(c)}": metrics[c]["dice"] for c in lm.classes},
-                    }
-                )
-                bar.update()
+                for level in severities:
+                    image = corrupt_volume(case.image, name, s, case.spacing, severity=level)
+                    method = method_name(name, level)
+                    metrics = ev.add(case.case_id, segment(image), case.label, case.spacing, method=method, image=image)
+                    scores[name][level].append(_mean_dice(metrics))
+                    rows.append(
+                        {
+                            "corruption": name,
+                            "severity": level,
+                            "copy": k,
+                            "seed": s,
+                            "case": case.case_id,
+                            "mean_dice": scores[name][level][-1],
+                            **{f"dice_{lm.name_of(c)}": metrics[c]["dice"] for c in lm.classes},
+                        }
+                    )
+                    bar.update()
     bar.close()
 
     def stats(vals):
@@ -231,16 +270,28 @@ def robustness_evaluation(
             "n": int(a.size),
         }
 
-    table = {"clean": stats(clean_scores)}
+    clean = stats(clean_scores)
+    dice: dict = {"clean": clean}
     for name in corruptions:
-        table[name] = {**stats(scores[name]), "drop": stats(scores[name])["mean_dice"] - table["clean"]["mean_dice"]}
+        dice[name] = {}
+        for level in severities:
+            r = stats(scores[name][level])
+            dice[name][str(level)] = {**r, "drop": r["mean_dice"] - clean["mean_dice"]}
+    curve = {n: {v: dice[n][str(v)]["mean_dice"] for v in severities} for n in corruptions}
     robustness = {
         "section": section,
         "copies": copies,
         "seed": seed,
-        "corruptions": {n: {"torchio": CORRUPTIONS[n][0], "kwargs": CORRUPTIONS[n][1]} for n in corruptions},
+        "severities": severities,
+        "corruptions": {n: {str(v): CORRUPTIONS[n].record(v) for v in severities} for n in corruptions},
         "space": "network input space (after the CT window / MRI normalisation), min-max scaled to [0, 1] around the corruption",
-        "dice": table,
+        "dice": dice,
+        "scores": {
+            "mean_dice_per_severity": {
+                str(v): float(np.nanmean([curve[n][v] for n in corruptions])) for v in severities
+            },
+            "mean_degradation": degradation(clean["mean_dice"], curve)["mean"],
+        },
     }
 
     out_dir = Path(out_dir)
@@ -254,10 +305,10 @@ def robustness_evaluation(
             w.writeheader()
             w.writerows(rows)
         write_json(rep / "robustness.json", robustness)
-        _plot(rep / "figures" / "robustness_dice.png", clean_scores, scores)
+        _plot(rep / "figures" / "robustness_dice.png", clean["mean_dice"], curve)
         page = (rep / "report.html").read_text()
         cut = page.rfind("<h2>Per organ</h2>")
-        section_html = _html_section(table, copies, seed)
+        section_html = _html_section(json_safe(robustness))
         page = (
             page[:cut] + section_html + "\n" + page[cut:]
             if cut >= 0
