@@ -66,6 +66,28 @@ def test_summary_means_and_differences_by_hand():
     assert "dice_vs_baseline" not in s["arms"]["baseline"]["domains"]["test"]
 
 
+def test_corrupted_scores_by_hand():
+    def row(arm, seed, case, corr, sev, dice):
+        return {**_row(arm, seed, case, "liver", dice), "corruption": corr, "severity": sev}
+
+    rows = []
+    for arm, clean, noise in (("baseline", 0.8, (0.6, 0.4)), ("enc+dec", 0.8, (0.7, 0.6))):
+        for seed in (0, 1):
+            rows.append(row(arm, seed, "c1", "none", 0, clean))
+            rows += [row(arm, seed, "c1", "gaussian_noise", sev, d) for sev, d in zip((1, 5), noise)]
+            rows.append(row(arm, seed, "c1", "gamma", 1, noise[0] + 0.1))
+    s = summarize_ablation(rows, ["baseline", "enc+dec"], n_boot=200)
+    rob = s["arms"]["enc+dec"]["robustness"]
+    # per severity: mean over the corruptions that have it (gamma only at 1)
+    assert rob["mean_dice_per_severity"] == {1: pytest.approx((0.7 + 0.8) / 2), 5: pytest.approx(0.6)}
+    # a case's corrupted score = its mean over the three conditions; paired to the baseline's
+    mine, base = (0.7 + 0.6 + 0.8) / 3, (0.6 + 0.4 + 0.7) / 3
+    assert rob["corrupted"]["dice"]["mean"] == pytest.approx(mine) and rob["corrupted"]["dice"]["sd"] == 0
+    assert rob["corrupted"]["dice_vs_baseline"]["mean"] == pytest.approx(mine - base)
+    assert "dice_vs_baseline" not in s["arms"]["baseline"]["robustness"]["corrupted"]
+    assert rob["degradation"]["per_level"]["gaussian_noise"][5] == pytest.approx(0.8 - 0.6)
+
+
 def _tiny_sets(tiny_demo: Path) -> list[str]:
     sets = {
         "datalist": str(tiny_demo),

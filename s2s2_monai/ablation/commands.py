@@ -11,14 +11,19 @@ def _ablation(args: argparse.Namespace) -> int:
     from s2s2_monai.ablation.arms import parse_arms
     from s2s2_monai.ablation.run import AblationPlan, run_ablation
     from s2s2_monai.cli_options import parse_sets
+    from s2s2_monai.robustness.names import CORRUPTION_NAMES
 
+    if "none" in (args.corruptions or []) and len(args.corruptions) > 1:
+        from s2s2_monai.errors import S2S2InputError
+
+        raise S2S2InputError("--corruptions", f"got {args.corruptions}", "pass corruption names, or `none` alone")
     plan = AblationPlan(
         args.config,
         args.out,
         parse_arms(args.arms),
         seeds=args.seeds,
         ood_datalists=args.ood_datalist or (),
-        corruptions=args.corruptions or (),
+        corruptions=() if args.corruptions == ["none"] else (args.corruptions or CORRUPTION_NAMES),
         severities=args.severities,
         sets=parse_sets(args.set),
         copies=args.copies,
@@ -64,9 +69,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--corruptions",
         nargs="+",
         metavar="NAME",
-        choices=CORRUPTION_NAMES,
+        choices=(*CORRUPTION_NAMES, "none"),
         default=None,
-        help=f"corruptions of the in-domain test cases (of {', '.join(CORRUPTION_NAMES)}; default none)",
+        help=f"corruptions of the in-domain test cases, of {', '.join(CORRUPTION_NAMES)} (default all; `none`: clean only)",
     )
     p.add_argument(
         "--severities",

@@ -32,6 +32,9 @@ def table_rows(summary: Mapping) -> tuple[list[str], list[list[str]]]:
     header = ["arm"]
     for d in domains:
         header += [f"{d} Dice", f"{d} ΔDice vs baseline [95% CI]"]
+    corrupted = any("corrupted" in e.get("robustness", {}) for e in summary["arms"].values())
+    if corrupted:
+        header += ["corrupted Dice", "corrupted ΔDice vs baseline [95% CI]"]
     header += ["test HD95 (mm)", "mCE", "relative mCE"]
     rows = []
     for arm, entry in summary["arms"].items():
@@ -40,6 +43,10 @@ def table_rows(summary: Mapping) -> tuple[list[str], list[list[str]]]:
             dd = entry["domains"].get(d, {})
             dice = dd.get("dice", {})
             row += [f"{_fmt(dice.get('mean'))} ± {_fmt(dice.get('sd'))}", _ci(dd.get("dice_vs_baseline"))]
+        if corrupted:
+            cd = entry.get("robustness", {}).get("corrupted", {})
+            dice = cd.get("dice", {})
+            row += [f"{_fmt(dice.get('mean'))} ± {_fmt(dice.get('sd'))}", _ci(cd.get("dice_vs_baseline"))]
         hd = entry["domains"].get("test", {}).get("hd95_mm", {})
         row.append(f"{_fmt(hd.get('mean'), 2)} ± {_fmt(hd.get('sd'), 2)}")
         ce = entry.get("robustness", {}).get("corruption_error", {})
@@ -94,7 +101,9 @@ def _html(summary: Mapping) -> str:
         f"<p>{len(s.get('seeds', []))} seed(s) {e(str(s.get('seeds')))}, {e(str(s.get('max_epochs')))} epochs, network "
         f"{e(str(s.get('network_name')))}, model = last epoch. Dice: mean ± sd over seeds of the mean over cases of the "
         "per-case mean over organs; Δ: paired difference to the baseline (same seed, same case), 95 % percentile "
-        "bootstrap CI resampling seeds and cases. mCE: ImageNet-C corruption error relative to the baseline arm.</p>",
+        "bootstrap CI resampling seeds and cases. Corrupted: the in-domain test cases under every corruption and "
+        "severity, a case's score being its mean over them. mCE: ImageNet-C corruption error relative to the baseline "
+        "arm (below 1: fewer errors under corruption than the baseline).</p>",
         "<table><tr>" + "".join(f"<th>{e(h)}</th>" for h in header) + "</tr>",
     ]
     for row in rows:

@@ -95,6 +95,36 @@ def _diffs(scores, arm, base, domain, condition=CLEAN) -> dict[int, dict[str, fl
     return dict(out)
 
 
+def _corrupted(dice, arm, baseline, conditions, n_boot: int, seed: int) -> dict:
+    """Dice over all corruption levels (mean ± sd over seeds) and its paired difference to the baseline.
+
+    A case's corrupted score is its mean over the (corruption, severity) conditions; the difference is
+    paired per seed and case, with the same bootstrap as the clean scores.
+    """
+
+    def per_case(a):
+        acc: dict[tuple, list[float]] = defaultdict(list)
+        for cond in conditions:
+            for (ar, sd, d, corr, sev, case), v in dice.items():
+                if ar == a and d == "test" and (corr, sev) == cond and np.isfinite(v):
+                    acc[(sd, case)].append(v)
+        return {k: float(np.mean(v)) for k, v in acc.items()}
+
+    mine = per_case(arm)
+    by_seed: dict[int, list[float]] = defaultdict(list)
+    for (sd, _case), v in mine.items():
+        by_seed[sd].append(v)
+    out = {"dice": _mean_sd([float(np.mean(v)) for _, v in sorted(by_seed.items())])}
+    if baseline and arm != baseline:
+        base = per_case(baseline)
+        diffs: dict[int, dict[str, float]] = defaultdict(dict)
+        for (sd, case), v in mine.items():
+            if (sd, case) in base:
+                diffs[sd][case] = v - base[(sd, case)]
+        out["dice_vs_baseline"] = paired_bootstrap(dict(diffs), n_boot=n_boot, seed=seed)
+    return out
+
+
 def summarize_ablation(
     rows: Sequence[Mapping], arms: Sequence[str], baseline: str = "baseline", n_boot: int = 2000, seed: int = 0
 ) -> dict:
@@ -128,7 +158,16 @@ def summarize_ablation(
                     curve[corr][sev] = float(np.mean(list(per_seed.values())))
             clean = entry["domains"].get("test", {}).get("dice", {}).get("mean")
             curves[arm] = {"clean": clean, "curve": dict(curve)}
-            entry["robustness"] = {"clean_dice": clean, "dice": dict(curve)}
+            entry["robustness"] = {
+                "clean_dice": clean,
+                "dice": dict(curve),
+                "mean_dice_per_severity": {
+                    sev: float(np.mean([curve[c][sev] for c in curve if sev in curve[c]]))
+                    for sev in sorted({sev for _, sev in conditions})
+                    if any(sev in curve[c] for c in curve)
+                },
+                "corrupted": _corrupted(dice, arm, out["baseline"], conditions, n_boot, seed),
+            }
             if clean is not None:
                 from s2s2_monai.robustness.scores import degradation
 
