@@ -14,7 +14,6 @@ import pytest
 
 from s2s2_monai.cli import main
 from s2s2_monai.errors import S2S2InputError
-from s2s2_monai.errors import S2S2InputError
 from s2s2_monai.stack.base import StackGenerator
 from s2s2_monai.stack.build import build_stack
 from s2s2_monai.stack.cache import StackCache

@@ -76,7 +76,9 @@ def _robustness(args: argparse.Namespace) -> int:
     print(f"{'clean':>15}: mean Dice {fmt(dice['clean']['mean_dice'])} over {dice['clean']['n']} volumes")
     for name, levels in dice.items():
         for level, r in ({} if name == "clean" else levels).items():
-            print(f"{name + '@' + level:>15}: mean Dice {fmt(r['mean_dice'])} over {r['n']} volumes (drop {fmt(r['drop'])})")
+            print(
+                f"{name + '@' + level:>15}: mean Dice {fmt(r['mean_dice'])} over {r['n']} volumes (drop {fmt(r['drop'])})"
+            )
     print(f"wrote {args.out}/report.html, metrics.csv, summary.json, robustness.csv, robustness.json")
     return 0
 

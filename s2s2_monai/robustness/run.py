@@ -130,14 +130,10 @@ def _html_section(robustness: dict) -> str:
     for name, levels in robustness["dice"].items():
         if name == "clean":
             continue
-        cells = "".join(
-            f"<td>{levels[str(s)]['mean_dice']:.4g} ({levels[str(s)]['drop']:+.3f})</td>" for s in sev
-        )
+        cells = "".join(f"<td>{levels[str(s)]['mean_dice']:.4g} ({levels[str(s)]['drop']:+.3f})</td>" for s in sev)
         rows.append(f"<tr><td class='l'>{e(name)}</td>{cells}</tr>")
     means = robustness["scores"]["mean_dice_per_severity"]
-    rows.append(
-        "<tr><td class='l'>mean</td>" + "".join(f"<td>{means[str(s)]:.4g}</td>" for s in sev) + "</tr></table>"
-    )
+    rows.append("<tr><td class='l'>mean</td>" + "".join(f"<td>{means[str(s)]:.4g}</td>" for s in sev) + "</tr></table>")
     rows.append(
         f"<p>Mean degradation (clean - corrupted, over corruptions and severities): "
         f"{robustness['scores']['mean_degradation']:.4g}.</p>"
@@ -231,9 +227,7 @@ def robustness_evaluation(
     bar = tqdm(total=total, desc=f"robustness {section}", unit="volume", disable=not progress)
 
     def segment(image):
-        return predict_volume(
-            network, image, input_size=input_size, batch_size=batch_size, device=device, mode=mode
-        )
+        return predict_volume(network, image, input_size=input_size, batch_size=batch_size, device=device, mode=mode)
 
     for entry in entries:
         case = load_entry(dl, entry)

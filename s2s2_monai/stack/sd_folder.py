@@ -172,7 +172,11 @@ def check_controlnet_folder(controlnet_dir: str | os.PathLike, sd_dir: str | os.
 def controlnet_record(controlnet_dir: str | os.PathLike) -> dict | None:
     """The folder's :data:`CONTROLNET_RECORD` (``resolution``, ``base_model``, ...); ``None`` if it has none."""
     path = Path(controlnet_dir) / CONTROLNET_RECORD
-    return _read_json(path, "ControlNet record", "a JSON object written by s2s2 controlnet train") if path.is_file() else None
+    return (
+        _read_json(path, "ControlNet record", "a JSON object written by s2s2 controlnet train")
+        if path.is_file()
+        else None
+    )
 
 
 def _as_list(value):
