@@ -540,7 +540,7 @@ def ensure_stack(
                 "no stack cache here",
                 f"build it with `s2s2 stack build --datalist {datalist} --out {stack_dir}` or set build_stack_if_missing true",
             )
-        else:  # a diffusion stack built elsewhere, without its model folders here: it must be complete
+        elif build_if_missing:  # a diffusion stack built elsewhere, without its model folders here: it must be complete
             from s2s2_monai.stack.cache import StackCache
 
             info = StackCache(stack_dir).info()
