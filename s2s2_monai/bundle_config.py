@@ -14,7 +14,7 @@ from pathlib import Path
 
 from s2s2_monai.errors import S2S2InputError
 
-__all__ = ["read_config", "parse_setting", "build_network", "load_trained_network"]
+__all__ = ["read_config", "parse_setting", "build_network"]
 
 
 def read_config(
@@ -64,25 +64,3 @@ def build_network(parser, where: str | os.PathLike):
     return parse_setting(
         parser, "network_def", where, "use the bundle's train.json (and the overlays it was trained with)"
     )
-
-
-def load_trained_network(parser, checkpoint: str | os.PathLike, where: str | os.PathLike, device="cpu"):
-    """``network_def`` with ``checkpoint`` loaded strictly, in eval mode on ``device``.
-
-    Raises:
-        S2S2InputError: unreadable checkpoint, or weights that do not fit ``network_def``.
-    """
-    from s2s2_monai.checkpoints import read_state_dict
-
-    network = build_network(parser, where)
-    state = read_state_dict(checkpoint)
-    try:
-        network.load_state_dict(state, strict=True)
-    except (ValueError, RuntimeError, KeyError) as exc:
-        first = " ".join(line.strip() for line in str(exc).strip().splitlines()[:2])[:300]
-        raise S2S2InputError(
-            checkpoint,
-            f"the weights do not fit the bundle's network_def ({first})",
-            "give the config files and overrides the model was trained with (e.g. --config train.json --config cooperative.json --set cooperative_channels=[8,16,16,16,16])",
-        ) from None
-    return network.to(device).eval()

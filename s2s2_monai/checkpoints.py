@@ -128,8 +128,17 @@ def read_state_dict(path: str | os.PathLike, map_location="cpu") -> dict:
     if isinstance(obj, dict) and not any(_is_tensor(v) for v in obj.values()):
         for key in ("network", "model", "state_dict"):
             if isinstance(obj.get(key), dict):
-                return obj[key]
+                obj = obj[key]
+                break
     if isinstance(obj, dict) and obj and all(_is_tensor(v) for v in obj.values()):
+        bad = [k for k, v in obj.items() if v.is_floating_point() and not bool(v.isfinite().all())]
+        if bad:
+            raise S2S2InputError(
+                path,
+                f"holds NaN/inf values in {len(bad)} tensor(s) (first: {bad[0]}); the training that wrote it diverged "
+                "or the file is damaged",
+                "use an earlier checkpoint (checkpoints/checkpoint_epoch=N.pt) or retrain",
+            )
         return obj
     raise S2S2InputError(
         path,
@@ -145,29 +154,31 @@ def _is_tensor(v) -> bool:
 
 
 def load_weights(network, path: str | os.PathLike, device=None, exit_on_error: bool = False):
-    """Load a state dict saved by the bundle (``models/model.pt``) into ``network`` (DDP unwrapped).
+    """The one weight loader: ``path``'s state dict into ``network`` (DDP unwrapped), strictly.
+
+    Reads with ``weights_only=True`` (:func:`read_state_dict`), refuses non-finite tensors, and
+    loads with ``strict=True`` (a missing or extra key is an error, never ignored).
 
     Raises:
-        S2S2InputError: no such file, or weights that do not fit the network.
+        S2S2InputError: no such file, unreadable, NaN/inf weights, or weights that do not fit the network.
     """
     from s2s2_monai.networks.wrappers import unwrap_network
 
     path = Path(path)
     try:
-        state = read_state_dict(path, map_location=device)
+        state = read_state_dict(path, map_location=device or "cpu")
+        try:
+            unwrap_network(network).load_state_dict(state, strict=True)
+        except (RuntimeError, ValueError, KeyError) as exc:
+            first = " ".join(line.strip() for line in str(exc).strip().splitlines()[:2])[:300]
+            raise S2S2InputError(
+                path,
+                f"the weights do not fit the configured network ({first})",
+                "give the config files and --set overrides the model was trained with (e.g. --config train.json "
+                "--config cooperative.json)",
+            ) from None
     except S2S2InputError as exc:
         exit_or_raise(exc, exit_on_error)
-    try:
-        unwrap_network(network).load_state_dict(state)
-    except RuntimeError as exc:
-        exit_or_raise(
-            S2S2InputError(
-                path,
-                f"weights do not fit the configured network ({str(exc).splitlines()[0]})",
-                "use the network_def the model was trained with",
-            ),
-            exit_on_error,
-        )
     return network
 
 

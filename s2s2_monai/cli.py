@@ -23,6 +23,7 @@ COMMAND_MODULES = [
     "s2s2_monai.ablation.commands",
     "s2s2_monai.data.commands",
     "s2s2_monai.evaluation.commands",
+    "s2s2_monai.evaluation.predict_commands",
     "s2s2_monai.label_app.commands",
     "s2s2_monai.robustness.commands",
     "s2s2_monai.stack.commands",

@@ -35,6 +35,8 @@ __all__ = [
     "add_seed",
     "parse_sets",
     "options_for",
+    "add_bundle_preprocessing",
+    "bundle_preprocessing",
     "reset_aliases",
 ]
 
@@ -198,3 +200,25 @@ def options_for(fn, args: argparse.Namespace, **given) -> dict:
         elif hasattr(args, name):
             kwargs[name] = getattr(args, name)
     return {**kwargs, **given}
+
+
+def add_bundle_preprocessing(parser: argparse.ArgumentParser) -> None:
+    """``--config FILE`` (repeat) and ``--set KEY=VALUE``: the training bundle whose preprocessing a data job uses."""
+    add_config(
+        parser,
+        "training bundle config (repeat for overlays): its train#deterministic_transforms preprocess the volumes, "
+        "as the network will see them (default: the paper's for the datalist's modality)",
+    )
+    add_set(parser, "bundle override, e.g. --set hu_window=[-160,240]; repeat")
+
+
+def bundle_preprocessing(args: argparse.Namespace):
+    """The preprocessing of ``--config``/``--set`` for ``args.datalist`` (``None`` without ``--config``)."""
+    if not getattr(args, "config", None):
+        return None
+    from s2s2_monai.model import BundleModel
+
+    overrides = {"datalist": str(args.datalist)}
+    if getattr(args, "data_root", None):
+        overrides["dataset_dir"] = str(args.data_root)
+    return BundleModel.preprocessing_from_configs(args.config, {**overrides, **parse_sets(args.set)})

@@ -9,11 +9,16 @@ Synapse ids follow the TransUNet / SAMed preprocessing: raw BTCV {1,2,3,4,6,7,8,
 1..8 = spleen, right kidney, left kidney, gallbladder, liver, stomach, aorta, pancreas.
 Papers print their tables in alphabetical order (:data:`SYNAPSE_PAPER_ORDER`); that is a
 column order, not a label order.
+
+A dataset of one's own declares its map in the datalist: :func:`parse_label_map` reads a registry
+name, a ``{"1": "liver", ...}`` dict (nnU-Net style) or the full :meth:`LabelMap.to_dict` form.
+Torch-free leaf module (the CLI parser imports it).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass, field, replace
 
 __all__ = [
     "LabelMap",
@@ -22,8 +27,12 @@ __all__ = [
     "LABEL_REMAPS",
     "SYNAPSE",
     "SYNAPSE_PAPER_ORDER",
+    "MODALITIES",
     "get_label_map",
     "get_label_remap",
+    "parse_label_map",
+    "normalize_modality",
+    "with_modality",
 ]
 
 
@@ -60,6 +69,15 @@ class LabelMap:
     def valid_ids(self) -> set[int]:
         """Ids that may appear in a label file of this map (background included)."""
         return {0, *self.classes}
+
+    def to_dict(self) -> dict:
+        """JSON-safe form (string ids in ascending order); :func:`parse_label_map` reads it back."""
+        return {
+            "name": self.name,
+            "classes": {str(k): self.classes[k] for k in sorted(self.classes)},
+            "modality": self.modality,
+            "anatomy": self.anatomy,
+        }
 
 
 @dataclass(frozen=True)
@@ -168,14 +186,138 @@ LABEL_REMAPS: dict[str, LabelRemap] = {
 }
 
 
-def get_label_map(name: str | LabelMap) -> LabelMap:
-    """Label map by registry name (a :class:`LabelMap` is returned as it is); a clear ``KeyError`` lists the known names."""
-    if isinstance(name, LabelMap):
-        return name
-    try:
-        return LABEL_MAPS[name]
-    except KeyError:
-        raise KeyError(f"unknown label map {name!r}; known: {sorted(LABEL_MAPS)}") from None
+#: Accepted modality spellings (upper case) -> the canonical one.
+MODALITIES: dict[str, str] = {"CT": "CT", "MRI": "MRI", "MR": "MRI"}
+
+#: Prompt words of a custom map per modality ("A 2D slice of a CT scan showing ...").
+_ANATOMY = {"CT": "CT scan", "MRI": "MRI scan"}
+_FULL_KEYS = ("name", "classes", "modality", "anatomy")
+_ID = re.compile(r"[+-]?[0-9]+")
+_MAX_ID = 255  # label files are stored as uint8
+
+
+def normalize_modality(value: object) -> str:
+    """``"CT"`` or ``"MRI"`` for a modality spelling (any case; ``"MR"`` is MRI).
+
+    Raises:
+        ValueError: anything else.
+    """
+    if isinstance(value, str) and value.strip().upper() in MODALITIES:
+        return MODALITIES[value.strip().upper()]
+    raise ValueError(f"unknown modality {value!r} (use CT or MRI)")
+
+
+def with_modality(label_map: LabelMap, modality: str | None) -> LabelMap:
+    """``label_map`` with another modality (its anatomy words follow: "abdomen CT scan" -> "abdomen MRI scan")."""
+    if modality is None:
+        return label_map
+    modality = normalize_modality(modality)
+    if modality == label_map.modality:
+        return label_map
+    anatomy = re.sub(r"\b(CT|MRI|MR)\b", modality, label_map.anatomy)
+    return replace(label_map, modality=modality, anatomy=anatomy)
+
+
+def _class_id(key: object) -> int:
+    if isinstance(key, int) and not isinstance(key, bool):
+        class_id = key
+    elif isinstance(key, str) and _ID.fullmatch(key.strip()):
+        class_id = int(key.strip())
+    else:
+        raise ValueError(f'key {key!r} is not a whole number (write {{id: name}}, e.g. {{"1": "liver"}})')
+    if class_id == 0:
+        raise ValueError("id 0 is the background, which is implicit (number the classes from 1)")
+    if class_id < 0:
+        raise ValueError(f"id {class_id} is negative (number the classes from 1)")
+    if class_id > _MAX_ID:
+        raise ValueError(f"id {class_id} is above {_MAX_ID} (labels are stored as uint8)")
+    return class_id
+
+
+def _classes(value: object) -> dict[int, str]:
+    if not isinstance(value, dict):
+        raise ValueError(f"classes must be an {{id: name}} dict, got {type(value).__name__}")
+    if not value:
+        raise ValueError("the label map has no classes")
+    classes: dict[int, str] = {}
+    seen: dict[str, int] = {}
+    for key, name in value.items():
+        class_id = _class_id(key)
+        if class_id in classes:
+            raise ValueError(f"id {class_id} is given twice")
+        if not isinstance(name, str) or not name.strip():
+            raise ValueError(f"the name of id {class_id} must be a non-empty string, got {name!r}")
+        name = name.strip()
+        folded = name.casefold()
+        if folded == "background":
+            raise ValueError(f"id {class_id} is named 'background', the implicit name of id 0")
+        if folded in seen:
+            raise ValueError(f"the name {name!r} is given to ids {seen[folded]} and {class_id}")
+        seen[folded] = class_id
+        classes[class_id] = name
+    return {k: classes[k] for k in sorted(classes)}
+
+
+def _text(value: object, what: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{what} must be a non-empty string, got {value!r}")
+    return value.strip()
+
+
+def parse_label_map(value: object, modality: str | None = None, name: str | None = None) -> LabelMap:
+    """A :class:`LabelMap` from any of the forms a datalist or the CLI may give.
+
+    Args:
+        value: a :class:`LabelMap` (returned as it is), a registry name (``"synapse"``), a classes
+            dict ``{"1": "liver", "2": "left kidney"}`` (keys ints or digit strings) or the full
+            :meth:`LabelMap.to_dict` form.
+        modality: modality of a custom map when the dict does not give one (default ``"CT"``; ``"MR"`` = MRI).
+        name: name of a custom map when the dict does not give one (default ``"custom"``).
+
+    Raises:
+        KeyError: an unknown registry name (the message lists the known ones).
+        ValueError: an unusable map, with the reason in one sentence: empty, a key that is not a
+            whole number, id 0 or > 255, a name that is not a non-empty string, a name given twice,
+            an unknown modality, or a registry name reused for other classes.
+    """
+    if isinstance(value, LabelMap):
+        return value
+    if isinstance(value, str):
+        try:
+            return LABEL_MAPS[value]
+        except KeyError:
+            raise KeyError(f"unknown label map {value!r}; known: {sorted(LABEL_MAPS)}") from None
+    if not isinstance(value, dict):
+        raise ValueError(
+            f"a label map must be a registry name or an {{id: name}} dict, got {type(value).__name__} {value!r}"
+        )
+    if "classes" in value:  # the full to_dict() form
+        unknown = sorted(str(k) for k in value if k not in _FULL_KEYS)
+        if unknown:
+            raise ValueError(f"unknown label map keys {unknown} (known: {list(_FULL_KEYS)})")
+        classes = _classes(value["classes"])
+        name = value.get("name", name)
+        modality = value.get("modality", modality)
+        anatomy = value.get("anatomy")
+    else:
+        classes, anatomy = _classes(value), None
+    modality = normalize_modality("CT" if modality is None else modality)
+    name = _text("custom" if name is None else name, "the label map name")
+    anatomy = _text(_ANATOMY[modality] if anatomy is None else anatomy, "the anatomy words")
+    known = LABEL_MAPS.get(name)
+    if known is not None and known.classes != classes:
+        raise ValueError(f"the name {name!r} is the registry map of other classes (rename the custom map)")
+    return LabelMap(name=name, classes=classes, modality=modality, anatomy=anatomy)
+
+
+def get_label_map(name: str | dict | LabelMap) -> LabelMap:
+    """Label map by registry name, or any other form :func:`parse_label_map` reads.
+
+    Raises:
+        KeyError: an unknown registry name (the message lists the known names).
+        ValueError: an unusable custom map (the reason in one sentence).
+    """
+    return parse_label_map(name)
 
 
 def get_label_remap(name: str) -> LabelRemap:

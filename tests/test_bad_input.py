@@ -403,6 +403,86 @@ def _num_classes_one(tmp: Path, demo: Demo):
     ], ["--num-classes", ">= 2"]
 
 
+def _nnunet(tmp: Path, demo: Demo) -> list[str]:
+    """``s2s2 datalist`` argv over an nnU-Net folder of the two demo cases (imagesTr/CASE_0000, labelsTr/CASE)."""
+    for i, (image, label) in enumerate(((demo.image, demo.label), (demo.image2, demo.label2))):
+        (tmp / "nn" / "imagesTr").mkdir(parents=True, exist_ok=True)
+        (tmp / "nn" / "labelsTr").mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(image, tmp / "nn" / "imagesTr" / f"case_{i}_0000.nii.gz")
+        shutil.copyfile(label, tmp / "nn" / "labelsTr" / f"case_{i}.nii.gz")
+    nn = tmp / "nn"
+    return ["datalist", "--images", nn / "imagesTr", "--labels", nn / "labelsTr", "--out", tmp / "out", "--no-progress"]
+
+
+def _dl_image_without_label(tmp: Path, demo: Demo):
+    argv = _nnunet(tmp, demo)
+    (tmp / "nn" / "labelsTr" / "case_1.nii.gz").unlink()
+    return argv, [tmp / "nn" / "imagesTr" / "case_1_0000.nii.gz", "has no label", "case_1.nii.gz"]
+
+
+def _dl_label_without_image(tmp: Path, demo: Demo):
+    argv = _nnunet(tmp, demo)
+    shutil.copyfile(demo.label, tmp / "nn" / "labelsTr" / "case_9.nii.gz")
+    return argv, [tmp / "nn" / "labelsTr" / "case_9.nii.gz", "has no image"]
+
+
+def _dl_unusable_label_names(tmp: Path, demo: Demo):
+    return [*_nnunet(tmp, demo), "--label-names", '{"0": "background", "1": "liver"}'], [
+        "--label-names",
+        "id 0",
+        "implicit",
+    ]
+
+
+def _dl_test_fraction_one(tmp: Path, demo: Demo):
+    return [*_nnunet(tmp, demo), "--test-fraction", "1"], ["--test-fraction", "[0, 1)"]
+
+
+def _dl_unknown_test_case(tmp: Path, demo: Demo):
+    (tmp / "test.txt").write_text("case_0\nnobody\n")
+    return [*_nnunet(tmp, demo), "--test-list", tmp / "test.txt"], ["--test-list", "'nobody'"]
+
+
+def _dl_missing_images(tmp: Path, demo: Demo):
+    argv = _nnunet(tmp, demo)
+    argv[argv.index("--images") + 1] = tmp / "nope"
+    return argv, [tmp / "nope", "not found"]
+
+
+def _dl_out_exists(tmp: Path, demo: Demo):
+    argv = _nnunet(tmp, demo)
+    (tmp / "keep").mkdir()
+    (tmp / "keep" / "dl.json").write_text('{"training": []}')
+    argv[argv.index("--out") + 1] = tmp / "keep" / "dl.json"
+    return argv, [tmp / "keep" / "dl.json", "already exists", "--force"]
+
+
+def _dl_label_ids_outside_map(tmp: Path, demo: Demo):
+    return [*_nnunet(tmp, demo), "--label-names", '{"1": "liver"}'], [
+        tmp / "nn" / "labelsTr" / "case_0.nii.gz",
+        "[2, 3,",
+        "not in the label map",
+    ]
+
+
+def _dl_second_channel(tmp: Path, demo: Demo):
+    argv = _nnunet(tmp, demo)
+    shutil.copyfile(demo.image, tmp / "nn" / "imagesTr" / "case_0_0001.nii.gz")
+    return argv, [tmp / "nn" / "imagesTr" / "case_0_0001.nii.gz", "single-channel"]
+
+
+def _datalist_bad_label_map_dict(tmp: Path, demo: Demo):
+    dl = write_datalist(tmp / "dl.json", [demo.entry()], label_map={"1": "liver", "2": "liver"})
+    return ["check-data", "--datalist", dl], [dl, "'liver' is given to ids 1 and 2"]
+
+
+def _evaluate_datalist_bad_labels(tmp: Path, demo: Demo):
+    labels = _label_dir(tmp, demo)
+    dl = write_datalist(tmp / "dl.json", [demo.entry()], labels={"liver": 1})
+    argv = ["evaluate", "--pred-dir", labels, "--label-dir", labels, "--out", tmp / "out", "--datalist", dl]
+    return argv, [dl, "'liver' is not a whole number"]
+
+
 #: kind of bad input -> case (one ``s2s2`` subprocess each)
 CLI_CASES: dict[str, Case] = {
     "datalist path outside the data root": Case(_outside_root),
@@ -429,6 +509,17 @@ CLI_CASES: dict[str, Case] = {
     "robustness without checkpoint": Case(_robustness_no_ckpt),
     "export-bundle without checkpoint": Case(_export_no_ckpt),
     "DICOM folder with an unreadable file": Case(_dicom_unreadable_file, shared=True),
+    "datalist: image without label": Case(_dl_image_without_label),
+    "datalist: label without image": Case(_dl_label_without_image),
+    "datalist: unusable --label-names": Case(_dl_unusable_label_names),
+    "datalist: --test-fraction 1": Case(_dl_test_fraction_one),
+    "datalist: unknown case in --test-list": Case(_dl_unknown_test_case),
+    "datalist: missing --images folder": Case(_dl_missing_images),
+    "datalist: --out exists without --force": Case(_dl_out_exists, keep="keep"),
+    "datalist: label ids outside the map": Case(_dl_label_ids_outside_map),
+    "datalist: second channel image": Case(_dl_second_channel),
+    "datalist declaring an unusable label_map dict": Case(_datalist_bad_label_map_dict),
+    "evaluate --datalist with unusable labels": Case(_evaluate_datalist_bad_labels),
 }
 
 

@@ -17,7 +17,9 @@ from s2s2_monai.checkpoints import load_weights, numbered_checkpoints
 from s2s2_monai.data.check import require_data
 from s2s2_monai.data.phantom import ensure_demo_data
 from s2s2_monai.errors import S2S2InputError
-from s2s2_monai.evaluation.predictions import infer_to_nifti
+from s2s2_monai.evaluation.predictions import predict_to_folder
+from s2s2_monai.model import BundleModel
+from s2s2_monai.transforms import CTWindowd
 from s2s2_monai.stack.build import ensure_stack
 from s2s2_monai.training.checkpoint_handlers import AtomicCheckpointSaver, ResumeCheckpointLoader
 from s2s2_monai.training.datasets import training_dataset
@@ -124,7 +126,7 @@ def test_resume_skips_a_corrupt_newest_checkpoint(tmp_path, caplog):
     )
 
 
-def test_load_weights_and_infer_to_nifti(tiny_demo, tmp_path):
+def test_load_weights_and_predict_to_folder(tiny_demo, tmp_path):
     net = BasicUNet(2, 1, 9, features=(4, 4, 4, 4, 4, 4)).eval()
     torch.save(net.state_dict(), tmp_path / "model.pt")
     other = BasicUNet(2, 1, 9, features=(4, 4, 4, 4, 4, 4))
@@ -134,18 +136,26 @@ def test_load_weights_and_infer_to_nifti(tiny_demo, tmp_path):
         load_weights(other, tmp_path / "missing.pt")
     with pytest.raises(S2S2InputError, match="do not fit"):
         load_weights(BasicUNet(2, 1, 3, features=(4, 4, 4, 4, 4, 4)), tmp_path / "model.pt")
+    bad = {k: v.clone() for k, v in net.state_dict().items()}
+    next(v for v in bad.values() if v.is_floating_point())[0] = float("nan")
+    torch.save(bad, tmp_path / "nan.pt")
+    with pytest.raises(S2S2InputError, match="NaN/inf"):
+        load_weights(other, tmp_path / "nan.pt")
 
+    model = BundleModel(net, [CTWindowd("image")], "synapse", input_size=(32, 32))
     images = tiny_demo.parent / "imagesTr"
-    written = infer_to_nifti(net, images, tmp_path / "pred", input_size=(32, 32), progress=False)
-    assert len(written) == len(list(images.glob("*.nii.gz")))
-    for w in written:
+    run = predict_to_folder(model, images, tmp_path / "pred", progress=False, announce=False)
+    assert len(run.written) == len(list(images.glob("*.nii.gz")))
+    for w in run.written:
         src, out = nib.load(images / os.path.basename(w)), nib.load(w)
-        assert out.shape == src.shape and np.allclose(out.affine, src.affine)
-    assert len(infer_to_nifti(net, tiny_demo, tmp_path / "p2", section="validation", progress=False)) == 1
+        assert out.shape == src.shape and np.allclose(out.affine, src.affine) and out.get_data_dtype() == np.uint8
+    again = predict_to_folder(model, images, tmp_path / "pred", progress=False, announce=False)
+    assert not again.written and len(again.kept) == len(run.written)  # an interrupted run continues
+    assert len(predict_to_folder(model, tiny_demo, tmp_path / "p2", section="validation", progress=False).written) == 1
     with pytest.raises(S2S2InputError, match="no such file"):
-        infer_to_nifti(net, tmp_path / "nope", tmp_path / "p3")
+        predict_to_folder(model, tmp_path / "nope", tmp_path / "p3")
     with pytest.raises(S2S2InputError, match="no entries"):
-        infer_to_nifti(net, tiny_demo, tmp_path / "p3", section="nosuch")
+        predict_to_folder(model, tiny_demo, tmp_path / "p3", section="nosuch")
 
 
 def test_consistency_handler_accepts_preset_names():

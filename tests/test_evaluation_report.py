@@ -171,12 +171,14 @@ def test_evaluate_datalist_writes_predictions_in_image_geometry(tiny_demo, tmp_p
     from s2s2_monai.data.datalist import load_datalist
     from s2s2_monai.evaluation.run import evaluate_datalist
 
+    from s2s2_monai.model import BundleModel
+    from s2s2_monai.transforms import CTWindowd
+
     torch.manual_seed(0)
     net = torch.nn.Conv2d(1, 9, 3, padding=1)
+    model = BundleModel(net, [CTWindowd("image")], "synapse", input_size=(32, 32), hd95="surface-distance")
     dl = load_datalist(tiny_demo)
-    summary = evaluate_datalist(
-        net, dl, "validation", tmp_path / "ev", input_size=(32, 32), hd95="surface-distance", progress=False
-    )
+    summary = evaluate_datalist(model, dl, "validation", tmp_path / "ev", progress=False)
     assert summary["settings"]["hd95_definition"] == "surface-distance"
     for entry in dl.items("validation"):
         img = nib.load(entry["image"])
@@ -185,7 +187,7 @@ def test_evaluate_datalist_writes_predictions_in_image_geometry(tiny_demo, tmp_p
         assert pred.shape == img.shape and np.allclose(pred.affine, img.affine)
     assert (tmp_path / "ev" / "report.html").exists()
     with pytest.raises(S2S2InputError, match="no entries"):
-        evaluate_datalist(net, dl, "nonexistent", tmp_path / "x", progress=False)
+        evaluate_datalist(model, dl, "nonexistent", tmp_path / "x", progress=False)
 
 
 # ---------------------------------------------------------------------------- the MONAI-free reader

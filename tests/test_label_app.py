@@ -37,7 +37,7 @@ from s2s2_monai.label_app.bundle import (
     read_state_dict,
     resolve_models,
 )
-from s2s2_monai.label_app.checks import check_modality_range
+from s2s2_monai.data.modality import check_modality_range
 from s2s2_monai.label_app.retrain import retrain, split_items, write_studies_datalist
 from s2s2_monai.label_app.segment import prepare_volume, segment_file
 from s2s2_monai.label_maps import get_label_map

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from s2s2_monai.errors import S2S2InputError
-from s2s2_monai.robustness import CORRUPTIONS, copy_seed, corrupt_volume, load_bundle_network, robustness_evaluation
+from s2s2_monai.model import BundleModel
+from s2s2_monai.robustness import CORRUPTIONS, copy_seed, corrupt_volume, robustness_evaluation
 from s2s2_monai.robustness.corruptions import corruption_transform
 
 BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "synapse"
@@ -90,10 +91,17 @@ class _ThresholdNet(torch.nn.Module):
         return logits
 
 
+def _threshold_model() -> BundleModel:
+    """The fixed network as a model of the paper's CT preprocessing, native slices."""
+    from s2s2_monai.transforms import CTWindowd
+
+    return BundleModel(_ThresholdNet(), [CTWindowd("image")], "synapse")
+
+
 def test_robustness_report_lists_every_corruption_at_every_severity(tiny_demo, tmp_path):
     out = tmp_path / "rob"
     res = robustness_evaluation(
-        _ThresholdNet(), tiny_demo, out, section="test", copies=2, seed=0, severities=[4, 1], n_boot=50, progress=False
+        _threshold_model(), tiny_demo, out, section="test", copies=2, seed=0, severities=[4, 1], n_boot=50, progress=False
     )
     methods = [f"{c}@{s}" for c in CORRUPTIONS for s in (1, 4)]
     summary = json.loads((out / "summary.json").read_text())
@@ -130,11 +138,11 @@ def test_robustness_report_lists_every_corruption_at_every_severity(tiny_demo, t
 
 def test_robustness_bad_input(tiny_demo, tmp_path):
     with pytest.raises(S2S2InputError, match="unknown or no corruptions"):
-        robustness_evaluation(_ThresholdNet(), tiny_demo, tmp_path / "o", corruptions=["blur"])
+        robustness_evaluation(_threshold_model(), tiny_demo, tmp_path / "o", corruptions=["blur"])
     with pytest.raises(S2S2InputError, match="severities must be levels of"):
-        robustness_evaluation(_ThresholdNet(), tiny_demo, tmp_path / "o", severities=[0, 6])
+        robustness_evaluation(_threshold_model(), tiny_demo, tmp_path / "o", severities=[0, 6])
     with pytest.raises(S2S2InputError, match="no labelled cases"):
-        robustness_evaluation(_ThresholdNet(), tiny_demo, tmp_path / "o", section="nope")
+        robustness_evaluation(_threshold_model(), tiny_demo, tmp_path / "o", section="nope")
     assert not (tmp_path / "o").exists()
 
 
@@ -187,20 +195,21 @@ def test_cli_runs_a_cooperative_bundle_checkpoint(tiny_demo, tmp_path, capsys):
     assert "spike@2" in text and "ghosting@5" in text
     rob = json.loads((tmp_path / "r" / "robustness.json").read_text())
     assert list(rob["dice"]) == ["clean", "spike", "ghosting"] and rob["severities"] == [2, 5]
-    loaded, settings = load_bundle_network(
-        BUNDLE, ckpt, ["train.json", "cooperative.json"], {"cooperative_channels": [4, 8, 8]}
+    assert rob and json.loads((tmp_path / "r" / "summary.json").read_text())["settings"]["model"]["checkpoint"] == str(ckpt)
+    model = BundleModel.from_configs(
+        [BUNDLE / "train.json", BUNDLE / "cooperative.json"],
+        {"cooperative_channels": [4, 8, 8]},
+        checkpoint=ckpt,
+        device="cpu",
     )
-    assert (
-        isinstance(loaded, CooperativeNet)
-        and settings["label_map"] == "synapse"
-        and settings["input_size"] == [224, 224]
-    )
+    assert isinstance(model.network, CooperativeNet) and model.label_map.name == "synapse"
+    assert model.input_size == (224, 224) and not model.network.training
     for k, v in net.state_dict().items():
-        torch.testing.assert_close(loaded.state_dict()[k], v)
+        torch.testing.assert_close(model.network.state_dict()[k], v)
     # wrong architecture -> one error line, exit 2
     bad = [a for a in args if a not in ("--set", "cooperative_channels=[4,8,8]")]
     assert main(bad) == 2
-    assert "do not fit the bundle's network_def" in capsys.readouterr().err
+    assert "do not fit the configured network" in capsys.readouterr().err
     assert (
         main(
             [

@@ -9,7 +9,7 @@ __all__ = ["register"]
 
 def _ablation(args: argparse.Namespace) -> int:
     from s2s2_monai.ablation.arms import parse_arms
-    from s2s2_monai.ablation.run import AblationPlan, run_ablation
+    from s2s2_monai.ablation.run import AblationPlan, all_pairs, parse_shard, run_ablation, run_pairs, select_pairs
     from s2s2_monai.cli_options import parse_sets
     from s2s2_monai.robustness.names import CORRUPTION_NAMES
 
@@ -17,6 +17,7 @@ def _ablation(args: argparse.Namespace) -> int:
         from s2s2_monai.errors import S2S2InputError
 
         raise S2S2InputError("--corruptions", f"got {args.corruptions}", "pass corruption names, or `none` alone")
+    shard = parse_shard(args.shard) if args.shard is not None else None
     plan = AblationPlan(
         args.config,
         args.out,
@@ -29,6 +30,17 @@ def _ablation(args: argparse.Namespace) -> int:
         copies=args.copies,
         device=args.device,
     )
+    if shard is not None or args.only:
+        pairs = select_pairs(plan, shard=shard, only=args.only or ())
+        _, done = run_pairs(plan, pairs, progress=not args.no_progress)
+        which = f"shard {shard[0]}/{shard[1]}" if shard is not None else "--only"
+        names = lambda key: ", ".join(done[key]) or "none"  # noqa: E731
+        print(
+            f"{which}: {len(pairs)} of {len(all_pairs(plan))} arm x seed runs (trained now: {names('trained')}; "
+            f"trained before: {names('already_trained')}), scores in {args.out}/runs/ARM/seedK/scores.csv; "
+            "a plain run (the same command without --shard/--only) writes ablation.csv, ablation.json, report.html"
+        )
+        return 0
     summary = run_ablation(plan, n_boot=args.bootstrap, progress=not args.no_progress)
     from s2s2_monai.ablation.report import table_rows
 
@@ -90,5 +102,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--device", default=None, help="torch device (default: cuda when available)")
     add_set(p, "bundle setting for every arm, e.g. --set max_epochs=2 (VALUE read as JSON); repeat")
+    jobs = p.add_mutually_exclusive_group()
+    jobs.add_argument(
+        "--shard",
+        default=None,
+        metavar="K/N",
+        help="train and score only shard K of N, K counting from 1 (1/4 .. 4/4): the arm x seed runs whose index "
+        "in the order (arms as given) x (seeds 0..) is K-1 modulo N; for one job per shard (SLURM array: "
+        "--shard $SLURM_ARRAY_TASK_ID/N with --array=1-N) into one --out; writes no summary: run the same "
+        "command without --shard afterwards to summarise",
+    )
+    jobs.add_argument(
+        "--only",
+        action="append",
+        default=None,
+        metavar="ARM:SEED",
+        help="train and score only this arm x seed (repeat), e.g. --only enc+dec:2; writes no summary, like --shard",
+    )
     add_no_progress(p)
     p.set_defaults(func=_ablation)

@@ -6,25 +6,43 @@ Layout of ``OUT``::
     OUT/runs/<arm>/seed<k>/           the bundle's output_dir: checkpoints/, models/model.pt + model.json
     OUT/runs/<arm>/seed<k>/scores.csv the model's rows (written atomically once scored, with scores.json)
     OUT/ablation.csv, ablation.json, report.html
+    OUT/.locks/                       lock files of concurrent jobs (stack.lock, <arm>.seed<k>.lock)
 
 A finished arm x seed (``models/model.json`` of the last epoch and ``scores.json`` of the same settings) is
 skipped on a re-run; a killed one resumes from its newest checkpoint (the bundle's resume handler).
+
+Many jobs (``s2s2 ablation --shard K/N`` or ``--only ARM:SEED``, e.g. a SLURM array) may write into one
+``OUT`` at once: :func:`select_pairs` picks a job's arm x seed runs, :func:`run_pairs` trains and scores them
+without summarising, and a plain run (:func:`run_ablation`) then finds them finished and summarises.
+Two exclusive file locks (``fcntl.flock``) keep concurrent jobs apart, see :func:`run_pairs` and :func:`train_arm`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import logging
 import os
-from collections.abc import Sequence
+import sys
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from s2s2_monai.ablation.arms import Arm
 from s2s2_monai.errors import S2S2InputError
 
-__all__ = ["FIELDS", "AblationPlan", "run_ablation", "train_arm", "score_model"]
+__all__ = [
+    "FIELDS",
+    "AblationPlan",
+    "run_ablation",
+    "run_pairs",
+    "all_pairs",
+    "parse_shard",
+    "select_pairs",
+    "train_arm",
+    "score_model",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -110,9 +128,43 @@ def _is_trained(run_dir: Path) -> bool:
     return bool(record) and record.get("epoch") == record.get("max_epochs") and record.get("selection") == "last"
 
 
+@contextlib.contextmanager
+def _exclusive_lock(path: Path, what: str) -> Iterator[None]:
+    """Hold an exclusive ``fcntl.flock`` on ``path`` (created, never deleted); says so when it has to wait.
+
+    The kernel drops the lock when the process dies (``kill -9``, a SLURM time limit), so a lock is never
+    left stale. On NFS, Linux implements ``flock`` with NFS byte-range locks, which hold across nodes.
+    """
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:  # "a": never truncates what another job holds open
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"waiting for {what}: another job holds {path}", file=sys.stderr, flush=True)
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _lock_dir(plan: AblationPlan) -> Path:
+    return plan.out / ".locks"
+
+
 def train_arm(plan: AblationPlan, arm: Arm, seed: int, stack_dir: str) -> Path:
-    """Train one arm x seed with the bundle (skipped when finished; resumes when killed); returns its model.pt."""
-    from monai.bundle import ConfigWorkflow
+    """Train one arm x seed with the bundle (skipped when finished; resumes when killed); returns its model.pt.
+
+    All arms share one stack folder (:func:`shared_stack_dir`), which the bundle's own ``initialize`` builds
+    or completes (``ensure_stack``; it also rewrites the manifest and removes temporary files of the folder,
+    and makes the demo data when the config asks). So the whole ``initialize`` runs under the exclusive lock
+    ``OUT/.locks/stack.lock``: the first job builds the stack with exactly the bundle's settings while the
+    others wait, then each finds it complete (one check) in turn; training itself, which only reads the
+    stack, runs unlocked and in parallel.
+    """
+    from s2s2_monai.bundle_runner import run_training_bundle
 
     run_dir = plan.run_dir(arm, seed)
     model = run_dir / "models" / "model.pt"
@@ -124,17 +176,13 @@ def train_arm(plan: AblationPlan, arm: Arm, seed: int, stack_dir: str) -> Path:
     overrides["model_selection"] = "last"  # test data never selects; the last epoch is the paper's choice
     if plan.device:
         overrides["device"] = f"$torch.device('{plan.device}')"
-    configs = plan.arm_configs(arm)
-    workflow = ConfigWorkflow(
-        config_file=configs if len(configs) > 1 else configs[0],
-        meta_file=str(folder / "metadata.json"),
-        logging_file=str(folder / "logging.conf"),
-        workflow_type="train",
-        **overrides,
+    run_training_bundle(
+        plan.arm_configs(arm),
+        overrides,
+        meta_file=folder / "metadata.json",
+        logging_file=folder / "logging.conf",
+        initialize_lock=_exclusive_lock(_lock_dir(plan) / "stack.lock", "the shared stack folder"),
     )
-    workflow.initialize()
-    workflow.run()
-    workflow.finalize()
     if not _is_trained(run_dir):
         raise S2S2InputError(run_dir, "training ended without a last-epoch models/model.pt", "re-run to resume it")
     return model
@@ -172,84 +220,186 @@ def score_model(plan: AblationPlan, arm: Arm, seed: int, progress: bool = True) 
 
 
 def _score(plan: AblationPlan, arm: Arm, seed: int, run_dir: Path, progress: bool) -> list[dict]:
-    import torch
-    from monai.transforms import Compose
+    """Rows of one trained model through the shared clean/corrupted loop (:mod:`s2s2_monai.robustness.variants`).
+
+    The model is the arm's :class:`~s2s2_monai.model.BundleModel`: in-domain cases and every
+    out-of-domain datalist of the model's modality go through its preprocessing (the bundle's
+    ``train#deterministic_transforms``); an out-of-domain datalist of *another* modality (CT model, MR
+    test set) through that modality's paper default (:func:`~s2s2_monai.transforms.intensity_for`: the
+    MRI clip + z-norm), as cross-modality papers normalise each modality its own way.
+    """
+    from monai.transforms import Compose, Lambdad
     from tqdm.auto import tqdm
 
-    from s2s2_monai.bundle_config import load_trained_network, parse_setting
-    from s2s2_monai.data.cases import as_datalist, iter_cases
-    from s2s2_monai.evaluation.inference import predict_volume
+    from s2s2_monai.bundle_config import parse_setting
+    from s2s2_monai.data.cases import as_datalist
     from s2s2_monai.evaluation.metrics import compute_case_metrics
-    from s2s2_monai.label_maps import get_label_map
-    from s2s2_monai.robustness.corruptions import copy_seed, corrupt_volume
+    from s2s2_monai.model import BundleModel
+    from s2s2_monai.robustness.variants import count_variants, segment_variants
+    from s2s2_monai.transforms import intensity_for
 
-    parser = _parser(plan, arm, {"output_dir": str(run_dir), "seed": seed})
+    overrides = {**plan.sets, **arm.overrides, "output_dir": str(run_dir), "seed": seed}
+    device = plan.device or ("cuda" if _cuda() else "cpu")
+    model = BundleModel.from_configs(
+        plan.arm_configs(arm), overrides, checkpoint=run_dir / "models" / "model.pt", device=device
+    )
     where = plan.configs[0]
-    device = torch.device(plan.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    network = load_trained_network(parser, run_dir / "models" / "model.pt", where, device=device)
-    setting = lambda key: parse_setting(parser, key, where, f"set {key} in the config")  # noqa: E731
-    input_size, mode, hd95 = setting("input_size"), setting("image_resize_mode"), setting("hd95")
-    label_map = get_label_map(setting("label_map"))
-    names = {c: label_map.name_of(c) for c in label_map.classes}
+    setting = lambda key: parse_setting(model.parser, key, where, f"set {key} in the config")  # noqa: E731
+    names = {c: model.label_map.name_of(c) for c in model.label_map.classes}
     test = as_datalist(setting("datalist"), setting("dataset_dir"))
-    transform = Compose(setting("train#deterministic_transforms"))
-
-    def predict(image):
-        return predict_volume(network, image, input_size=input_size, batch_size=16, device=device, mode=mode)
-
-    def score(pred, case):
-        return compute_case_metrics(pred, case.label, case.spacing, list(names), hd95=hd95)
 
     rows: list[dict] = []
-    domains = [("test", test, transform)] + [(Path(d).stem, as_datalist(d), None) for d in plan.ood]
-    for domain, dl, tf in domains:
-        if dl.label_map.name != label_map.name:
-            raise S2S2InputError(
-                dl.path,
-                f"label map {dl.label_map.name!r}, the model's is {label_map.name!r}",
-                "remap its labels to the model's (label_remap)",
-            )
-        for case in iter_cases(
-            dl, "test", transform=tf, labelled_only=True, progress=progress, desc=f"{arm.name} seed {seed} {domain}"
+    domains = [("test", test)] + [(Path(d).stem, as_datalist(d)) for d in plan.ood]
+    for domain, dl in domains:
+        own = dl.modality.upper().startswith("MR") == model.modality.upper().startswith("MR")
+        preprocessing = None if own else Compose([Lambdad("image", intensity_for(dl.modality))])
+        corruptions = plan.corruptions if domain == "test" else ()
+        for case in model.cases(
+            dl, "test", labelled_only=True, progress=progress, desc=f"{arm.name} seed {seed} {domain}",
+            preprocessing=preprocessing,
         ):
             base = {"arm": arm.name, "seed": seed, "domain": domain, "case": case.case_id}
-            rows += _rows_for(score(predict(case.image), case), names, {**base, "corruption": "none", "severity": 0})
-            if domain != "test" or not plan.corruptions:
-                continue
             bar = tqdm(
-                total=len(plan.corruptions) * len(plan.severities) * plan.copies,
-                disable=not progress,
+                total=count_variants(corruptions, plan.severities, plan.copies),
+                disable=not progress or not corruptions,
                 leave=False,
                 desc=f"corruptions {case.case_id}",
             )
-            for name in plan.corruptions:
-                for k in range(plan.copies):
-                    s = copy_seed(seed, name, case.case_id, k)
-                    for sev in plan.severities:
-                        image = corrupt_volume(case.image, name, s, case.spacing, severity=sev)
-                        metrics = score(predict(image), case)
-                        rows += _rows_for(metrics, names, {**base, "corruption": name, "severity": sev})
-                        bar.update()
+            for v in segment_variants(model, case, corruptions, plan.severities, plan.copies, seed, batch_size=16):
+                metrics = compute_case_metrics(v.pred, case.label, case.spacing, list(names), hd95=model.hd95)
+                where_ = {"corruption": v.corruption or "none", "severity": v.severity}
+                rows += _rows_for(metrics, names, {**base, **where_})
+                bar.update()
             bar.close()
     return rows
 
 
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def run_ablation(plan: AblationPlan, n_boot: int = 2000, progress: bool = True) -> dict:
-    """Train and score every arm x seed, then write ``ablation.csv``, ``ablation.json`` and ``report.html``."""
+    """Train and score every arm x seed, then write ``ablation.csv``, ``ablation.json`` and ``report.html``.
+
+    Arm x seed runs finished earlier (by this command, or by ``--shard`` / ``--only`` jobs) are not trained
+    again and their cached scores are read.
+    """
     from s2s2_monai.ablation.report import write_ablation_report
     from s2s2_monai.ablation.summary import summarize_ablation
 
-    plan.out.mkdir(parents=True, exist_ok=True)
+    rows, _ = run_pairs(plan, all_pairs(plan), progress=progress)
     stack_dir = shared_stack_dir(plan)
-    rows: list[dict] = []
-    for arm in plan.arms:
-        for seed in plan.seeds:
-            train_arm(plan, arm, seed, stack_dir)
-            rows += score_model(plan, arm, seed, progress=progress)
     summary = summarize_ablation(rows, [a.name for a in plan.arms], n_boot=n_boot)
     summary["settings"] = _settings(plan, stack_dir)
     write_ablation_report(plan.out, rows, summary)
     return summary
+
+
+def all_pairs(plan: AblationPlan) -> list[tuple[Arm, int]]:
+    """Every arm x seed in the fixed order shards count in: the arms as given, each with seeds 0..N-1."""
+    return [(arm, seed) for arm in plan.arms for seed in plan.seeds]
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"K/N"`` -> ``(K, N)``, 1-based: shard K of N (``1/4`` .. ``4/4``).
+
+    Raises:
+        S2S2InputError: not two whole numbers, N < 1, or K outside 1..N.
+    """
+    k, sep, n = str(text).partition("/")
+    try:
+        k_i, n_i = int(k), int(n)
+    except ValueError:
+        k_i = n_i = None
+    if not sep or k_i is None:
+        raise S2S2InputError("--shard", f"got {text!r}, expected K/N", "pass e.g. --shard 1/4 (shard K of N, K from 1)")
+    if n_i < 1 or not 1 <= k_i <= n_i:
+        n_ok = max(n_i, 1)
+        raise S2S2InputError(
+            "--shard",
+            f"got {text!r}: K must be 1..N and N at least 1",
+            f"pass --shard 1/{n_ok} .. --shard {n_ok}/{n_ok} (K counts from 1)",
+        )
+    return k_i, n_i
+
+
+def select_pairs(
+    plan: AblationPlan, shard: tuple[int, int] | None = None, only: Sequence[str] = ()
+) -> list[tuple[Arm, int]]:
+    """The arm x seed runs of one job, in :func:`all_pairs` order.
+
+    Args:
+        plan: the ablation.
+        shard: ``(K, N)``, 1-based: the pairs whose index in :func:`all_pairs` is ``K - 1`` modulo N (none
+            when K exceeds the number of pairs).
+        only: ``"ARM:SEED"`` values, ARM one of the plan's arms and SEED one of its seeds.
+
+    Raises:
+        S2S2InputError: a malformed ``--only`` value, an arm not in ``--arms``, a seed outside ``--seeds``.
+    """
+    pairs = all_pairs(plan)
+    chosen = set(range(len(pairs)))
+    if shard is not None:
+        chosen = {i for i in chosen if i % shard[1] == shard[0] - 1}
+    if only:
+        index = {(arm.name, seed): i for i, (arm, seed) in enumerate(pairs)}
+        names = ", ".join(a.name for a in plan.arms)
+        wanted = set()
+        for value in only:
+            arm, sep, seed = str(value).rpartition(":")
+            try:
+                seed_i = int(seed)
+            except ValueError:
+                seed_i = None
+            if not sep or not arm or seed_i is None:
+                raise S2S2InputError(
+                    "--only", f"got {value!r}, expected ARM:SEED", "pass e.g. --only baseline:0; repeat for more"
+                )
+            if arm not in {a.name for a in plan.arms}:
+                raise S2S2InputError(
+                    "--only",
+                    f"arm {arm!r} of {value!r} is not one of this run's arms ({names})",
+                    f"pass an arm of --arms, e.g. --only {plan.arms[0].name}:0",
+                )
+            if seed_i not in plan.seeds:
+                raise S2S2InputError(
+                    "--only",
+                    f"seed {seed_i} of {value!r} is outside --seeds {len(plan.seeds)} (seeds 0..{len(plan.seeds) - 1})",
+                    f"pass a seed from 0 to {len(plan.seeds) - 1}, or raise --seeds",
+                )
+            wanted.add(index[(arm, seed_i)])
+        chosen &= wanted
+    return [pairs[i] for i in sorted(chosen)]
+
+
+def run_pairs(
+    plan: AblationPlan, pairs: Sequence[tuple[Arm, int]], progress: bool = True
+) -> tuple[list[dict], dict[str, list[str]]]:
+    """Train (unless finished) and score each arm x seed of ``pairs``; writes no summary.
+
+    Each pair is trained and scored under the exclusive lock ``OUT/.locks/<arm>.seed<k>.lock``: a job given
+    a pair that another job is training (overlapping ``--only``, or a plain run started early) waits for it,
+    then finds it finished and reads its cached scores instead of training it a second time into the same
+    folder. The shared stack has its own lock (:func:`train_arm`); locks are always taken pair first, stack
+    second, so jobs cannot deadlock.
+
+    Returns:
+        ``(rows, {"trained": ["arm:seed", ...], "already_trained": [...]})``: the score rows of all pairs in
+        order, and which pairs this call trained and which it found finished.
+    """
+    plan.out.mkdir(parents=True, exist_ok=True)
+    stack_dir = shared_stack_dir(plan)
+    rows: list[dict] = []
+    done: dict[str, list[str]] = {"trained": [], "already_trained": []}
+    for arm, seed in pairs:
+        with _exclusive_lock(_lock_dir(plan) / f"{arm.name}.seed{seed}.lock", f"{arm.name} seed {seed}"):
+            finished = _is_trained(plan.run_dir(arm, seed))
+            train_arm(plan, arm, seed, stack_dir)
+            rows += score_model(plan, arm, seed, progress=progress)
+        done["already_trained" if finished else "trained"].append(f"{arm.name}:{seed}")
+    return rows, done
 
 
 def _settings(plan: AblationPlan, stack_dir: str) -> dict:

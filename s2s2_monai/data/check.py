@@ -87,6 +87,7 @@ def require_data(
     sections: tuple[str, ...] = ("training", "validation"),
     demo_command: str = DEMO_COMMAND,
     exit_on_error: bool = False,
+    label_map=None,
 ) -> str:
     """Check that every image/label of ``datalist`` exists under ``dataset_dir``.
 
@@ -97,6 +98,7 @@ def require_data(
         demo_command: quoted in the message as the alternative.
         exit_on_error: print ``error: ...`` and exit with status 2 instead of raising (bundle use:
             no traceback in front of the message).
+        label_map: the bundle's label map (the network's classes); the datalist must declare the same organs.
 
     Returns:
         the datalist path.
@@ -109,6 +111,17 @@ def require_data(
 
     try:
         dl = load_datalist(datalist, dataset_dir)
+        if label_map is not None:
+            from s2s2_monai.label_maps import get_label_map
+
+            wanted = get_label_map(label_map)
+            if dict(wanted.classes) != dict(dl.label_map.classes):
+                raise S2S2InputError(
+                    datalist,
+                    f"declares the organs {dict(dl.label_map.classes)}, the bundle's label_map is {wanted.name!r} "
+                    f"{dict(wanted.classes)}",
+                    "drop the --label_map override (the bundle takes the datalist's map), or remap the labels",
+                )
         missing = [
             e[k]
             for s in sections

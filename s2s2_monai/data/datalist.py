@@ -3,9 +3,13 @@
 A datalist is ``{"training": [{"image": ..., "label": ...}, ...], "validation": [...],
 "test": [...]}`` plus optional project keys:
 
-- ``"label_map"``: name of the target :class:`~s2s2_monai.label_maps.LabelMap` (default synapse),
+- ``"label_map"``: the target :class:`~s2s2_monai.label_maps.LabelMap`: a registry name (default
+  synapse) or a dict (``{"1": "liver", ...}`` or the full ``LabelMap.to_dict()`` form),
+- ``"labels"``: nnU-Net style ``{"1": "liver", "2": "left kidney"}``, a map of one's own (instead of ``label_map``),
 - ``"label_remap"``: name of a :class:`~s2s2_monai.label_maps.LabelRemap` applied to the label files,
-- ``"modality"``: ``"CT"`` / ``"MRI"`` (default: the label map's).
+- ``"modality"``: ``"CT"`` / ``"MRI"`` (default: the label map's; a custom map's default is CT).
+
+:func:`datalist_label_map` reads only these keys (no entry paths, no file checks).
 """
 
 from __future__ import annotations
@@ -16,9 +20,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from s2s2_monai.errors import S2S2InputError
-from s2s2_monai.label_maps import LabelMap, LabelRemap, get_label_map, get_label_remap
+from s2s2_monai.label_maps import (
+    LabelMap,
+    LabelRemap,
+    get_label_remap,
+    normalize_modality,
+    parse_label_map,
+    with_modality,
+)
 
-__all__ = ["Datalist", "load_datalist"]
+__all__ = ["Datalist", "load_datalist", "datalist_label_map"]
 
 SECTIONS = ("training", "validation", "test")
 
@@ -74,15 +85,8 @@ def _resolve(value: object, root: Path, datalist: Path, what: str) -> str:
     return str(root / p)
 
 
-def load_datalist(path: str | os.PathLike, data_root: str | os.PathLike | None = None, sections=SECTIONS) -> Datalist:
-    """Read and validate a datalist; entry paths become absolute under ``data_root``.
-
-    ``data_root`` defaults to the datalist's own folder.
-
-    Raises:
-        S2S2InputError: missing/invalid JSON, no entries, entries without ``image``, unknown label map.
-    """
-    path = Path(path)
+def _read_json(path: Path) -> dict:
+    """The datalist's JSON object; :class:`S2S2InputError` for a missing file, bad JSON or another JSON type."""
     if not path.is_file():
         raise S2S2InputError(path, "datalist not found", "give the path of a datalist JSON (see data_lists/)")
     try:
@@ -93,18 +97,70 @@ def load_datalist(path: str | os.PathLike, data_root: str | os.PathLike | None =
         raise S2S2InputError(
             path, "datalist must be a JSON object with 'training'/'validation'/'test' lists", "see data_lists/demo.json"
         )
-    root = Path(data_root) if data_root is not None else path.parent
+    return raw
+
+
+def _declared_maps(raw: dict, path: Path) -> tuple[LabelMap, LabelRemap | None, str]:
+    """``(label map, label remap or None, modality)`` a datalist declares; one :class:`S2S2InputError` naming it.
+
+    The label map carries the datalist's modality (a registry map's anatomy words follow it).
+    """
+    fix = 'write "labels": {"1": "liver", "2": "left kidney", ...} (ids 1..255, distinct names) or a known "label_map" name'
+    if "labels" in raw and "label_map" in raw:
+        raise S2S2InputError(path, "declares both 'labels' and 'label_map'", "keep one of them")
+    modality = raw.get("modality")
+    if modality is not None:
+        try:
+            modality = normalize_modality(modality)
+        except ValueError as exc:
+            raise S2S2InputError(path, f"'modality': {exc}", 'write "modality": "CT" or "MRI"') from None
+    key = "labels" if "labels" in raw else "label_map"
+    remap_name = raw.get("label_remap")
+    if remap_name is not None and not isinstance(remap_name, str):
+        raise S2S2InputError(path, f"'label_remap' must be a name, got {remap_name!r}", "use one of the known names")
     try:
-        label_map = get_label_map(raw.get("label_map", "synapse"))
-        remap = get_label_remap(raw["label_remap"]) if raw.get("label_remap") else None
+        label_map = parse_label_map(raw.get(key, "synapse"), modality=modality)
+        remap = get_label_remap(remap_name) if remap_name else None
     except KeyError as exc:
         raise S2S2InputError(path, str(exc.args[0]), "use one of the known names") from None
-    if remap is not None and remap.target != label_map.name:
+    except ValueError as exc:
+        raise S2S2InputError(path, f"unusable '{key}': {exc}", fix) from None
+    label_map = with_modality(label_map, modality)
+    target = parse_label_map(remap.target) if remap is not None else None
+    if target is not None and (target.name != label_map.name or target.classes != label_map.classes):
         raise S2S2InputError(
             path,
             f"label_remap {remap.name!r} maps to {remap.target!r}, not to label_map {label_map.name!r}",
             "make them agree",
         )
+    return label_map, remap, label_map.modality
+
+
+def datalist_label_map(path: str | os.PathLike) -> LabelMap:
+    """The label map a datalist declares (default synapse), with the datalist's modality.
+
+    Reads only the JSON keys: entry paths are neither resolved nor checked, so it is cheap and
+    pure (the training bundle calls it on ``@datalist``).
+
+    Raises:
+        S2S2InputError: missing or invalid file, unknown or unusable label map / remap / modality.
+    """
+    path = Path(path)
+    return _declared_maps(_read_json(path), path)[0]
+
+
+def load_datalist(path: str | os.PathLike, data_root: str | os.PathLike | None = None, sections=SECTIONS) -> Datalist:
+    """Read and validate a datalist; entry paths become absolute under ``data_root``.
+
+    ``data_root`` defaults to the datalist's own folder.
+
+    Raises:
+        S2S2InputError: missing/invalid JSON, no entries, entries without ``image``, unknown or unusable label map.
+    """
+    path = Path(path)
+    raw = _read_json(path)
+    root = Path(data_root) if data_root is not None else path.parent
+    label_map, remap, modality = _declared_maps(raw, path)
     parsed: dict[str, list[dict]] = {}
     for section in sections:
         entries = raw.get(section, [])
@@ -132,5 +188,5 @@ def load_datalist(path: str | os.PathLike, data_root: str | os.PathLike | None =
         sections=parsed,
         label_map=label_map,
         label_remap=remap,
-        modality=raw.get("modality", label_map.modality),
+        modality=modality,
     )

@@ -215,6 +215,7 @@ def load_case(
     valid_label_ids: set[int] | None = None,
     case_id: str | None = None,
     transform=None,
+    check_image=None,
 ) -> CaseVolume:
     """Load, check and preprocess one image/label pair.
 
@@ -226,8 +227,12 @@ def load_case(
         case_id: defaults to the image file name without extension.
         transform: dictionary transform over ``{"image", "label"}`` applied after ``remap`` and
             ``intensity`` (e.g. a bundle's ``CTWindowd`` / ``MRINormalized`` / ``RemapLabelsd``).
+        check_image: ``check_image(raw image, image_path)`` before any preprocessing (e.g. the modality
+            range check of :func:`~s2s2_monai.data.modality.check_modality_range`).
     """
     image = load_volume(image_path)
+    if check_image is not None:
+        check_image(image, image_path)
     source_affine = source_affine_of(image)
     label = None
     if label_path is not None:

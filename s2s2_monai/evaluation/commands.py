@@ -12,6 +12,10 @@ def _evaluate(args: argparse.Namespace) -> int:
     from s2s2_monai.evaluation.run import evaluate_folders, numbered_label_map
 
     label_map = numbered_label_map(args.num_classes) if args.num_classes is not None else args.label_map
+    if args.datalist is not None:
+        from s2s2_monai.data.datalist import datalist_label_map
+
+        label_map = datalist_label_map(args.datalist)
     summary = evaluate_folders(
         parse_pred_dirs(args.pred_dir),
         args.label_dir,
@@ -23,6 +27,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         n_boot=args.bootstrap,
         seed=args.seed,
+        allow_missing=args.allow_missing,
     )
     s = summary["settings"]
     dice_key = "dice"
@@ -58,6 +63,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument(
         "--num-classes", type=int, default=None, help="K classes including background (ids 1..K-1 named class_i)"
     )
+    g.add_argument(
+        "--datalist",
+        default=None,
+        metavar="FILE",
+        help="take the label map (organ names) the datalist declares ('label_map' or 'labels')",
+    )
     p.add_argument(
         "--hd95", default=DEFAULT_HD95, choices=HD95_DEFINITIONS, help=f"HD95 definition (default {DEFAULT_HD95})"
     )
@@ -74,5 +85,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--bootstrap", type=int, default=10000, help="bootstrap resamples for the A/B confidence interval")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    p.add_argument(
+        "--allow-missing",
+        action="store_true",
+        help="score only the labelled cases that were predicted (several methods: those every method predicted) "
+        "and report the others (a note line, summary.json settings.missing_predictions) instead of refusing",
+    )
     add_no_progress(p)
     p.set_defaults(func=_evaluate)

@@ -5,6 +5,9 @@ reoriented to RAS: the array and affine :func:`~s2s2_monai.data.volumes.load_vol
 without importing MONAI), so a label stored in another axis order (e.g. LPS) than its prediction
 is accepted when both describe the same world grid; a different grid (shape, spacing, origin) is
 an error.
+
+Every method must predict every labelled case, unless ``allow_missing`` (``s2s2 evaluate
+--allow-missing``): then the predicted cases are scored and the others reported (:class:`CaseMatch`).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import torch
 from s2s2_monai.data.volumes import case_id_of, read_nifti_ras
 from s2s2_monai.errors import S2S2InputError
 
-__all__ = ["VolumePair", "find_pairs", "load_pair", "parse_pred_dirs"]
+__all__ = ["VolumePair", "CaseMatch", "match_cases", "find_pairs", "load_pair", "parse_pred_dirs"]
 
 _SUFFIXES = (".nii.gz", ".nii")
 
@@ -70,30 +73,114 @@ def _volumes_in(folder: Path, role: str) -> dict[str, Path]:
     return files
 
 
-def find_pairs(pred_dirs: dict[str, str | os.PathLike], label_dir: str | os.PathLike) -> list[VolumePair]:
+@dataclass
+class CaseMatch:
+    """Predictions matched to labels: the pairs to score and what was left out.
+
+    Attributes:
+        pairs: the scored (method, case) pairs, methods in the given order, cases sorted.
+        labelled: every case of the label folder.
+        scored: the cases scored, the same for every method (paired statistics).
+        folders: ``{method: prediction folder}``.
+        missing: ``{method: labelled cases it has no prediction for}``.
+        left_out: ``{method: its predictions not scored because another method lacks that case}``.
+    """
+
+    pairs: list[VolumePair]
+    labelled: list[str]
+    scored: list[str]
+    folders: dict[str, Path]
+    missing: dict[str, list[str]]
+    left_out: dict[str, list[str]]
+
+    def notes(self) -> list[str]:
+        """One ``note: ...`` line per method that misses labelled cases or has predictions left out."""
+        m, k, out = len(self.labelled), len(self.scored), []
+        first = lambda cases: ", ".join(cases[:3]) + (", ..." if len(cases) > 3 else "")  # noqa: E731
+        for method, folder in self.folders.items():
+            where = f"{folder}" + (f" ({method})" if len(self.folders) > 1 else "")
+            miss, extra = self.missing[method], self.left_out[method]
+            if not miss and not extra:
+                continue
+            if miss:
+                text = f"note: {len(miss)} of {m} labelled cases have no prediction in {where} (first: {first(miss)})"
+            else:
+                text = f"note: {where} predicts all {m} labelled cases"
+            if extra:
+                text += (
+                    f"; scored the {k} cases every method predicted (paired statistics), leaving out {len(extra)} "
+                    f"of its predictions (first: {first(extra)})"
+                )
+            else:
+                text += f"; scored the {m - len(miss)} predicted ones"
+            out.append(text)
+        return out
+
+    def record(self) -> dict:
+        """What ``summary.json`` records under ``settings``."""
+        return {
+            "allow_missing": True,
+            "labelled_cases": len(self.labelled),
+            "scored_cases": len(self.scored),
+            "missing_predictions": self.missing,
+            "left_out_predictions": self.left_out,
+        }
+
+
+def match_cases(
+    pred_dirs: dict[str, str | os.PathLike], label_dir: str | os.PathLike, allow_missing: bool = False
+) -> CaseMatch:
     """Pair every prediction with the label of the same case name (``.nii`` and ``.nii.gz`` match).
 
-    Every method must cover exactly the labelled cases: a prediction without a label, or a label
-    without a prediction, is an error naming the file.
+    A prediction without a label is always an error naming the file. A labelled case without a
+    prediction is an error too, unless ``allow_missing``: then each method's predicted cases are
+    scored. With several methods only the cases that *every* method predicted are scored (the
+    comparisons pair methods case by case, and per-method means over different cases would not be
+    comparable); the predictions left out are reported.
+
+    Raises:
+        S2S2InputError: a prediction without a label; a labelled case without a prediction (unless
+            ``allow_missing``); no case predicted by every method.
     """
     labels = _volumes_in(Path(label_dir), "label")
-    pairs = []
-    for method, folder in pred_dirs.items():
-        preds = _volumes_in(Path(folder), "prediction")
+    folders = {method: Path(folder) for method, folder in pred_dirs.items()}
+    preds_of: dict[str, dict[str, Path]] = {}
+    missing: dict[str, list[str]] = {}
+    for method, folder in folders.items():
+        preds = _volumes_in(folder, "prediction")
         for case, path in preds.items():
             if case not in labels:
                 raise S2S2InputError(
                     path, f"no label file for case {case!r} in {label_dir}", "add its label or remove the prediction"
                 )
-        missing = sorted(set(labels) - set(preds))
-        if missing:
+        missing[method] = sorted(set(labels) - set(preds))
+        if missing[method] and not allow_missing:
+            miss = missing[method]
             raise S2S2InputError(
-                labels[missing[0]],
-                f"method {method!r} has no prediction for {len(missing)} labelled case(s) ({', '.join(missing[:5])}) in {folder}",
-                "predict every case or remove the extra labels",
+                labels[miss[0]],
+                f"method {method!r} has no prediction for {len(miss)} labelled case(s) ({', '.join(miss[:5])}) "
+                f"in {folder}",
+                "predict every case, remove the extra labels, or pass --allow-missing to score only the predicted cases",
             )
-        pairs += [VolumePair(method, case, preds[case], labels[case]) for case in sorted(preds)]
-    return pairs
+        preds_of[method] = preds
+    scored = sorted(set.intersection(*(set(p) for p in preds_of.values())))
+    if not scored:
+        counts = ", ".join(f"{m}: {len(p)}" for m, p in preds_of.items())
+        raise S2S2InputError(
+            label_dir,
+            f"no labelled case is predicted by every method (predicted cases: {counts})",
+            "predict the same cases with every method, or evaluate the methods separately",
+        )
+    left_out = {m: sorted(set(p) - set(scored)) for m, p in preds_of.items()}
+    pairs = [VolumePair(m, case, preds_of[m][case], labels[case]) for m in folders for case in scored]
+    return CaseMatch(pairs, sorted(labels), scored, folders, missing, left_out)
+
+
+def find_pairs(
+    pred_dirs: dict[str, str | os.PathLike], label_dir: str | os.PathLike, allow_missing: bool = False
+) -> list[VolumePair]:
+    """The pairs of :func:`match_cases`: by default every method must cover exactly the labelled cases."""
+    return match_cases(pred_dirs, label_dir, allow_missing).pairs
 
 
 def _check_ids(arr: torch.Tensor, path: Path, valid: set[int] | None, role: str) -> None:

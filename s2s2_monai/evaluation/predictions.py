@@ -1,92 +1,173 @@
-"""Segment whole volumes and write the label maps as NIfTI, each in its input file's own geometry."""
+"""Segment new scans with a :class:`~s2s2_monai.model.BundleModel`: uint8 NIfTI in each input's own geometry.
+
+The one prediction writer of ``s2s2 predict`` and the inference bundle, in the manner of
+``nnUNetv2_predict``: inputs are NIfTI files, DICOM series folders, a folder of either, or a datalist
+section; outputs are ``OUT/CASE.nii.gz`` with the nnU-Net channel suffix dropped (``CASE_0000.nii.gz``
+-> ``CASE.nii.gz``), so they pair with ``labelsTr/CASE.nii.gz`` in ``s2s2 evaluate``. Each file is
+written atomically; an interrupted run continues where it stopped (finished outputs are kept unless
+``overwrite``).
+"""
 
 from __future__ import annotations
 
 import os
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from s2s2_monai.errors import S2S2InputError
 
-__all__ = ["infer_to_nifti"]
+__all__ = ["PredictionInput", "PredictionRun", "find_inputs", "output_name", "predict_to_folder"]
+
+_NIFTI = (".nii.gz", ".nii")
+#: nnU-Net's channel suffix of image files (``CASE_0000.nii.gz``).
+_CHANNEL = re.compile(r"_(\d{4})$")
 
 
-def _inference_inputs(inputs, section: str, data_root) -> list[tuple[str, str | None]]:
-    """(image path, case id) pairs from a datalist JSON, a folder of NIfTI files or a list of paths."""
+@dataclass(frozen=True)
+class PredictionInput:
+    """One volume to segment: its path (file or DICOM folder) and the output case name."""
+
+    path: str
+    case: str
+
+
+@dataclass
+class PredictionRun:
+    """What :func:`predict_to_folder` did: ``written`` now, ``kept`` from an earlier run, in ``out_dir``."""
+
+    out_dir: Path
+    written: list[Path] = field(default_factory=list)
+    kept: list[Path] = field(default_factory=list)
+
+    @property
+    def outputs(self) -> list[Path]:
+        return sorted(self.written + self.kept)
+
+    def summary(self) -> str:
+        kept = f" ({len(self.kept)} kept from an earlier run)" if self.kept else ""
+        return f"wrote {len(self.written)} predictions to {self.out_dir}{kept}; {len(self.outputs)} in all"
+
+
+def output_name(path: str | os.PathLike) -> str:
+    """Case name of an input: file name without ``.nii(.gz)`` and without nnU-Net's ``_0000`` channel suffix."""
+    from s2s2_monai.data.volumes import case_id_of
+
+    name = case_id_of(path)
+    m = _CHANNEL.search(name)
+    if m and m.group(1) != "0000":
+        raise S2S2InputError(
+            path,
+            f"channel {m.group(1)} of a multi-channel case; the models here take one channel (_0000)",
+            "give only the _0000 images (or files without a channel suffix)",
+        )
+    return name[: m.start()] if m else name
+
+
+def _is_series_folder(p: Path) -> bool:
+    """A folder holding files but neither NIfTI files nor sub-folders: one DICOM series."""
+    entries = [e for e in p.iterdir() if not e.name.startswith(".")]
+    return bool(entries) and not any(e.is_dir() or e.name.endswith(_NIFTI) for e in entries)
+
+
+def find_inputs(inputs, section: str = "test", data_root: str | os.PathLike | None = None) -> list[PredictionInput]:
+    """The volumes named by ``inputs``, each with its output case name (names must be distinct).
+
+    ``inputs``: a NIfTI file, a DICOM series folder, a folder of NIfTI files and/or DICOM series
+    folders, a datalist JSON (its ``section``), or a list of paths.
+
+    Raises:
+        S2S2InputError: nothing found, a missing path, or two inputs with the same case name.
+    """
     from s2s2_monai.data.datalist import load_datalist
 
-    if isinstance(inputs, (str, os.PathLike)):
+    fix = "give NIfTI files (.nii/.nii.gz), DICOM series folders, a folder of them, or a datalist JSON"
+    if isinstance(inputs, (list, tuple)):
+        found = [PredictionInput(str(p), output_name(p)) for p in inputs]
+    else:
         p = Path(inputs)
-        if p.suffix == ".json":
+        if not p.exists():
+            raise S2S2InputError(p, "no such file or folder", fix)
+        if p.is_file() and p.suffix == ".json":
             dl = load_datalist(p, data_root)
             entries = dl.items(section)
             if not entries:
-                raise S2S2InputError(
-                    p, f"datalist has no entries in section {section!r}", "choose another infer_section"
-                )
-            return [(e["image"], e.get("case_id")) for e in entries]
-        if p.is_dir():
-            files = sorted(f for f in p.iterdir() if f.name.endswith((".nii", ".nii.gz")))
-            if not files:
-                raise S2S2InputError(
-                    p,
-                    "folder holds no .nii/.nii.gz images",
-                    "point infer_input at NIfTI images, a datalist or a list of files",
-                )
-            return [(str(f), None) for f in files]
-        if p.is_file():
-            return [(str(p), None)]
-        raise S2S2InputError(
-            p, "no such file or folder", "point infer_input at NIfTI images, a datalist or a list of files"
-        )
-    return [(str(f), None) for f in inputs]
+                raise S2S2InputError(p, f"datalist has no entries in section {section!r}", "choose another section")
+            found = [PredictionInput(e["image"], e.get("case_id") or output_name(e["image"])) for e in entries]
+        elif p.is_file():
+            if not p.name.endswith(_NIFTI):
+                raise S2S2InputError(p, "not a NIfTI file (.nii / .nii.gz)", fix)
+            found = [PredictionInput(str(p), output_name(p))]
+        elif _is_series_folder(p):
+            found = [PredictionInput(str(p), output_name(p))]
+        else:
+            members = sorted(
+                e
+                for e in p.iterdir()
+                if not e.name.startswith(".") and (e.name.endswith(_NIFTI) and e.is_file() or e.is_dir())
+            )
+            found = [PredictionInput(str(e), output_name(e)) for e in members if e.is_file() or _is_series_folder(e)]
+            if not found:
+                raise S2S2InputError(p, "folder holds no NIfTI files and no DICOM series folders", fix)
+    seen: dict[str, str] = {}
+    for item in found:
+        if item.case in seen:
+            raise S2S2InputError(
+                item.path,
+                f"gives the same output name {item.case}.nii.gz as {seen[item.case]}",
+                "keep one image per case in the input (e.g. not both CASE.nii and CASE.nii.gz)",
+            )
+        seen[item.case] = item.path
+    return found
 
 
-def infer_to_nifti(
-    network,
+def predict_to_folder(
+    model,
     inputs,
     out_dir: str | os.PathLike,
-    label_map="synapse",
-    input_size=None,
     section: str = "test",
     data_root: str | os.PathLike | None = None,
-    batch_size: int = 32,
+    overwrite: bool = False,
     device=None,
+    batch_size: int | None = None,
+    check_modality: bool = True,
     progress: bool = True,
-    transform=None,
-    mode: str = "bilinear",
-) -> list[str]:
-    """Segment whole volumes and write ``out_dir/<case>.nii.gz`` label maps in each input's geometry.
+    announce: bool = True,
+) -> PredictionRun:
+    """Segment every input with ``model`` into ``out_dir/CASE.nii.gz`` (uint8, the input's own geometry).
 
     Args:
-        network: 2D network (B, 1, H, W) -> (B, C, H, W).
-        inputs: datalist JSON (its ``section``), a folder of NIfTI images, one image or a list of paths.
-        out_dir: output folder.
-        label_map: selects the intensity transform (its modality).
-        input_size: network input (H, W); ``None`` feeds native slices.
-        section / data_root: for datalist inputs.
-        batch_size / device / mode: of :func:`~s2s2_monai.evaluation.inference.predict_volume`.
-        transform: per-volume preprocessing (a bundle's ``train#deterministic_transforms``); default
-            the paper's for the label map's modality.
+        model: a :class:`~s2s2_monai.model.BundleModel` with weights.
+        inputs: see :func:`find_inputs`.
+        out_dir: output folder (created).
+        section / data_root: for a datalist input.
+        overwrite: redo outputs that exist (default: keep them, so an interrupted run continues).
+        device / batch_size: where the network runs and slices per forward pass (default the model's).
+        check_modality: refuse a volume whose raw intensities do not fit the model's modality.
+        progress: progress bar over the inputs.
+        announce: print the closing ``wrote N predictions to OUT`` line.
 
-    Returns:
-        the written paths.
+    Raises:
+        S2S2InputError: bad inputs (before anything is written), or an unreadable volume (the outputs
+            written so far stay, and a re-run continues after them).
     """
     from tqdm.auto import tqdm
 
-    from s2s2_monai.data.volumes import case_id_of, load_case, write_prediction
-    from s2s2_monai.evaluation.inference import predict_volume
-    from s2s2_monai.label_maps import get_label_map
-    from s2s2_monai.transforms import intensity_for
+    from s2s2_monai.data.volumes import write_prediction
 
-    intensity = None if transform is not None else intensity_for(get_label_map(label_map).modality)
-    written = []
-    for image, case_id in tqdm(
-        _inference_inputs(inputs, section, data_root), desc="inference", unit="case", disable=not progress
-    ):
-        case = load_case(image, None, intensity=intensity, transform=transform, case_id=case_id or case_id_of(image))
-        pred = predict_volume(
-            network, case.image, input_size=input_size, batch_size=batch_size, device=device, mode=mode
-        )
-        path = write_prediction(pred, case.affine, case.source_affine, Path(out_dir) / f"{case.case_id}.nii.gz")
-        written.append(str(path))
-    return written
+    items = find_inputs(inputs, section, data_root)
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise S2S2InputError(out, "exists and is not a folder", "give --out a new or existing folder")
+    run = PredictionRun(out)
+    for item in tqdm(items, desc="predicting", unit="volume", disable=not progress):
+        target = out / f"{item.case}.nii.gz"
+        if target.is_file() and not overwrite:
+            run.kept.append(target)
+            continue
+        case = model.load_case(item.path, case_id=item.case, check_modality=check_modality)
+        labels = model.segment(case.image, device=device, batch_size=batch_size)
+        run.written.append(write_prediction(labels, case.affine, case.source_affine, target))
+    if announce:
+        print(run.summary(), flush=True)
+    return run

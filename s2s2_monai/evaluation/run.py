@@ -8,7 +8,7 @@ Both validate all inputs before writing anything, score every case with one
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -48,6 +48,7 @@ def evaluate_folders(
     progress: bool = True,
     n_boot: int = 10000,
     seed: int = 0,
+    allow_missing: bool = False,
 ) -> dict:
     """Score prediction folders (one per method) against a label folder and write the report.
 
@@ -60,16 +61,28 @@ def evaluate_folders(
         legacy_transunet: TransUNet protocol (voxel units, its empty rule).
         image_dir: optional images (same names) shown under the worst-slice overlays.
         progress: progress bar over cases.
+        allow_missing: score only the predicted labelled cases (with several methods: those every
+            method predicted) instead of refusing; prints one ``note:`` line per method that misses
+            cases (stderr) and records them in ``summary.json`` under ``settings`` (``missing_predictions``:
+            ``{method: [cases]}``, ``left_out_predictions``, ``labelled_cases``, ``scored_cases``).
 
     Returns:
         The summary written to ``summary.json``.
     """
+    import sys
+
     from s2s2_monai.data.volumes import load_volume, spacing_of
-    from s2s2_monai.evaluation.folders import find_pairs, load_pair
+    from s2s2_monai.evaluation.folders import load_pair, match_cases
 
     lm = get_label_map(label_map)
-    pairs = find_pairs(dict(pred_dirs), label_dir)
+    match = match_cases(dict(pred_dirs), label_dir, allow_missing=allow_missing)
+    for note in match.notes():
+        print(note, file=sys.stderr, flush=True)
+    pairs = match.pairs
     ev = MetricTable(lm.classes, hd95=hd95, legacy_transunet=legacy_transunet, label_map=lm.name)
+    if allow_missing:  # the table's settings() is what summarize() writes; add the record to it
+        table_settings = ev.settings
+        ev.settings = lambda: {**table_settings(), **match.record()}
     for pair in tqdm(pairs, desc="evaluating", unit="case", disable=not progress):
         pred, gt, affine = load_pair(pair.pred_path, pair.label_path, lm.valid_ids())
         image = None
@@ -89,58 +102,30 @@ def evaluate_folders(
 
 
 def evaluate_datalist(
-    network: torch.nn.Module,
+    model,
     datalist,
     section: str,
     out_dir: str | os.PathLike,
-    input_size: Sequence[int] | None = None,
-    label_map: LabelMap | str | None = None,
-    hd95: str = DEFAULT_HD95,
-    device: torch.device | str | None = None,
-    batch_size: int = 32,
-    legacy_transunet: bool = False,
     data_root: str | os.PathLike | None = None,
     write_predictions: bool = True,
     method: str = "prediction",
     progress: bool = True,
-    transform=None,
-    mode: str = "bilinear",
-    checkpoint: str | os.PathLike | None = None,
+    device: torch.device | str | None = None,
 ) -> dict:
-    """Segment every case of a datalist section with ``network`` and write predictions + report.
+    """Segment every case of a datalist section with a :class:`~s2s2_monai.model.BundleModel`; write predictions + report.
 
-    Predictions go to ``out_dir/predictions/<case>.nii.gz`` in each input image's own geometry
-    (affine and axis order of the file as stored); the report (``metrics.csv``, ``summary.json``,
-    ``report.html``) covers the labelled cases.
-
-    Args:
-        network: 2D segmentation network (B, 1, H, W) -> (B, C, H, W).
-        datalist: :class:`~s2s2_monai.data.datalist.Datalist` or its JSON path.
-        section: ``"validation"``, ``"test"``, ...
-        out_dir: output folder.
-        input_size: network input (H, W); slices are resized to it and back (224 in legacy mode).
-        label_map: defaults to the datalist's.
-        hd95: HD95 definition name.
-        device: where the network runs (default: its device).
-        batch_size: slices per forward pass.
-        legacy_transunet: TransUNet's inference (cubic zoom) and metrics.
-        data_root: root of relative datalist paths.
-        write_predictions: also write the NIfTI predictions.
-        method: method name in the report.
-        progress: progress bar.
-        transform: per-volume preprocessing (a bundle's ``train#deterministic_transforms``); default
-            the paper's for the datalist's modality (:mod:`s2s2_monai.data.cases`).
-        mode: interpolation of the image slices to ``input_size`` (the training resize's).
-        checkpoint: the weights file ``network`` holds; the report names it and its record
-            (last epoch / best on validation, :func:`s2s2_monai.checkpoints.model_record`).
+    The cases go through the model's preprocessing (the bundle's ``train#deterministic_transforms``)
+    and its inference procedure (:meth:`~s2s2_monai.model.BundleModel.inferer`: slice inference, or
+    TransUNet's legacy round trip); the report uses its label map, HD95 definition and protocol, and
+    names its checkpoint and record. Predictions go to ``out_dir/predictions/<case>.nii.gz`` in each
+    input image's own geometry; the report (``metrics.csv``, ``summary.json``, ``report.html``) covers
+    the labelled cases.
 
     Returns:
         The summary written to ``summary.json``.
     """
-    from s2s2_monai.data.cases import as_datalist, iter_cases
+    from s2s2_monai.data.cases import as_datalist
     from s2s2_monai.data.volumes import write_prediction
-    from s2s2_monai.evaluation.inference import predict_volume
-    from s2s2_monai.evaluation.legacy import LEGACY_INPUT_SIZE, legacy_predict_volume
 
     dl = as_datalist(datalist, data_root)
     if not dl.items(section):
@@ -149,28 +134,10 @@ def evaluate_datalist(
             f"datalist has no entries in section {section!r}",
             "choose a section with cases (training/validation/test)",
         )
-    lm = dl.label_map if label_map is None else get_label_map(label_map)
-    model = None
-    if checkpoint is not None:
-        from s2s2_monai.checkpoints import model_record
-
-        record = model_record(checkpoint)
-        model = {
-            "checkpoint": str(checkpoint),
-            "selection": record.get("selection", "unknown (no model.json)"),
-            **record,
-        }
-    ev = MetricTable(lm.classes, hd95=hd95, legacy_transunet=legacy_transunet, label_map=lm.name, model=model)
+    ev = model.metric_table()
     out_dir = Path(out_dir)
-    for case in iter_cases(dl, section, transform=transform, progress=progress, desc=f"evaluating {section}"):
-        if legacy_transunet:
-            pred = legacy_predict_volume(
-                network, case.image, input_size=input_size or LEGACY_INPUT_SIZE, batch_size=batch_size, device=device
-            )
-        else:
-            pred = predict_volume(
-                network, case.image, input_size=input_size, batch_size=batch_size, device=device, mode=mode
-            )
+    for case in model.cases(dl, section, progress=progress, desc=f"evaluating {section}"):
+        pred = model.segment(case.image, device=device)
         if case.label is not None:
             ev.add(case.case_id, pred, case.label, case.spacing, method=method, image=case.image)
         if write_predictions:

@@ -6,7 +6,6 @@ tested in the main environment) and pieces that need ``monailabel`` (the ``label
 
 - :mod:`.bundle`: models in MONAI Label's bundle layout (``configs/``, ``models/model.pt``):
   :func:`~.bundle.export_bundle` (``s2s2 export-bundle``), :func:`~.bundle.load_model_bundle`.
-- :mod:`.checks`: does a volume's intensity range fit the model's modality.
 - :mod:`.segment`: one file in, one label NIfTI out, in the file's own geometry.
 - :mod:`.retrain`: run the bundle's training on labelled studies, publish the new weights.
 - :mod:`.infer` / :mod:`.train` / ``main.py``: the MONAI Label tasks and app (need monailabel).

@@ -26,11 +26,12 @@ from pathlib import Path
 
 import torch
 
-from s2s2_monai.atomic import torch_save
-from s2s2_monai.bundle_config import build_network, parse_setting, read_config
-from s2s2_monai.checkpoints import read_state_dict
+from s2s2_monai.atomic import torch_save, write_json
+from s2s2_monai.bundle_config import build_network, read_config
+from s2s2_monai.checkpoints import file_sha256, read_state_dict, record_path
 from s2s2_monai.errors import S2S2InputError
-from s2s2_monai.label_maps import LabelMap, get_label_map
+from s2s2_monai.label_maps import LabelMap
+from s2s2_monai.model import BundleModel
 
 __all__ = [
     "TRAIN_CONFIG",
@@ -53,34 +54,46 @@ WEIGHTS = "models/model.pt"
 
 @dataclass
 class ModelBundle:
-    """One exported model folder, parsed.
+    """One exported model folder, parsed: its name, folder and :class:`~s2s2_monai.model.BundleModel`.
 
     Attributes:
         name: model name served by the app (the folder name).
         root: the folder.
-        label_map: classes the network predicts.
-        input_size: (H, W) the network expects; slices are resized to it.
-        image_resize_mode: interpolation of that resize, as in training (the config's
-            ``image_resize_mode``; ``"bilinear"`` when it has none).
+        model: the model as its config defines it (network without weights, preprocessing, input
+            size, resize mode, label map, modality); :meth:`load_model` adds the weights.
     """
 
     name: str
     root: Path
-    label_map: LabelMap
-    input_size: tuple[int, int] | None
-    image_resize_mode: str = "bilinear"
+    model: BundleModel
 
     @property
     def weights_path(self) -> Path:
         return self.root / WEIGHTS
 
     @property
+    def config(self) -> Path:
+        return self.root / INFER_CONFIG if (self.root / INFER_CONFIG).is_file() else self.train_config
+
+    @property
     def train_config(self) -> Path:
         return self.root / TRAIN_CONFIG
 
     @property
+    def label_map(self) -> LabelMap:
+        return self.model.label_map
+
+    @property
+    def input_size(self) -> tuple[int, ...] | None:
+        return self.model.input_size
+
+    @property
+    def image_resize_mode(self) -> str:
+        return self.model.image_resize_mode
+
+    @property
     def modality(self) -> str:
-        return self.label_map.modality
+        return self.model.modality
 
     def labels(self) -> dict[str, int]:
         """``{organ name: id}``, the form MONAI Label clients (3D Slicer, OHIF) expect."""
@@ -88,26 +101,15 @@ class ModelBundle:
 
     def build_network(self) -> torch.nn.Module:
         """A fresh (untrained) network from the bundle's ``network_def``."""
-        config = self.root / INFER_CONFIG if (self.root / INFER_CONFIG).is_file() else self.train_config
-        return build_network(read_config([config], self.root), config)
+        return build_network(read_config([self.config], self.root), self.config)
+
+    def load_model(self, device: torch.device | str = "cpu") -> BundleModel:
+        """The model with ``models/model.pt`` loaded (strict, finite, checked against its record), on ``device``."""
+        return BundleModel.from_configs([self.config], checkpoint=self.weights_path, device=device, bundle_root=self.root)
 
     def load_network(self, device: torch.device | str = "cpu") -> torch.nn.Module:
-        """The network with ``models/model.pt`` loaded (strict), in eval mode on ``device``."""
-        network = self.build_network()
-        _load_strict(network, read_state_dict(self.weights_path), self.weights_path)
-        return network.to(device).eval()
-
-
-def _load_strict(network: torch.nn.Module, state: dict, path: Path) -> None:
-    try:
-        network.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        first = str(exc).splitlines()[1:2] or [str(exc)[:200]]
-        raise S2S2InputError(
-            path,
-            f"the weights do not fit the bundle's network_def ({first[0].strip()[:200]})",
-            "export with the same config files (overlays included) that the model was trained with",
-        ) from None
+        """The network with ``models/model.pt`` loaded, in eval mode on ``device``."""
+        return self.load_model(device).network
 
 
 def save_state_dict_atomic(state: dict, path: str | os.PathLike) -> Path:
@@ -130,24 +132,8 @@ def load_model_bundle(root: str | os.PathLike, name: str | None = None) -> Model
             "create it with `s2s2 export-bundle --config bundles/synapse/train.json --checkpoint CKPT --out MODELS/NAME`",
         )
     config = root / INFER_CONFIG if (root / INFER_CONFIG).is_file() else root / TRAIN_CONFIG
-    parser = read_config([config], root)
-    fix = "export the bundle again with `s2s2 export-bundle`"
-    map_name = parse_setting(parser, "label_map", config, fix)
-    try:
-        label_map = map_name if isinstance(map_name, LabelMap) else get_label_map(str(map_name))
-    except KeyError as exc:
-        raise S2S2InputError(config, str(exc.args[0]), "set label_map to a known label map name") from None
-    if "network_def" not in parser:
-        raise S2S2InputError(config, "the config has no 'network_def'", fix)
-    size = parse_setting(parser, "input_size", config, fix) if "input_size" in parser else None
-    mode = parse_setting(parser, "image_resize_mode", config, fix, default="bilinear")
-    return ModelBundle(
-        name=name or root.name,
-        root=root,
-        label_map=label_map,
-        input_size=None if size is None else tuple(int(s) for s in size),
-        image_resize_mode=str(mode),
-    )
+    model = BundleModel.from_configs([config], device="cpu", bundle_root=root)
+    return ModelBundle(name=name or root.name, root=root, model=model)
 
 
 def export_bundle(
@@ -182,7 +168,8 @@ def export_bundle(
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not force:
         raise S2S2InputError(out, "already exists", "choose another --out or pass --force to replace it")
-    state = read_state_dict(checkpoint)
+    model = BundleModel.from_configs(config_files, checkpoint=checkpoint, device="cpu")
+    state = model.network.state_dict()
     first = config_files[0]
     overlays = config_files[1:]
     tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
@@ -191,18 +178,21 @@ def export_bundle(
     try:
         (tmp / "configs").mkdir(parents=True)
         root = str(out.resolve())
-        merged = {**read_config(config_files).config, "bundle_root": root}
+        # self-contained: the label map is frozen (a datalist-declared one needs no datalist at inference)
+        frozen = {"bundle_root": root, "label_map": model.label_map.to_dict()}
+        merged = {**read_config(config_files).config, **frozen}
         (tmp / TRAIN_CONFIG).write_text(json.dumps(merged, indent=2) + "\n")
         if (first.parent / "inference.json").is_file():
             # the bundle's inference.json is an overlay of train.json: export both merged, reading our weights
             merged_inf = read_config([first, first.parent / "inference.json", *overlays]).config
-            merged_inf.update({"bundle_root": root, "model_path": "$@bundle_root + '/models/model.pt'"})
+            merged_inf.update({**frozen, "model_path": "$@bundle_root + '/models/model.pt'"})
             (tmp / INFER_CONFIG).write_text(json.dumps(merged_inf, indent=2) + "\n")
         if (first.parent / "metadata.json").is_file():
             shutil.copyfile(first.parent / "metadata.json", tmp / METADATA)
-        bundle = load_model_bundle(tmp, name=out.name)
-        _load_strict(bundle.build_network(), state, Path(checkpoint))
-        save_state_dict_atomic(state, tmp / WEIGHTS)
+        weights = save_state_dict_atomic(state, tmp / WEIGHTS)
+        record = {**model.record, **model.describe(), "exported_from": str(checkpoint), "sha256": file_sha256(weights)}
+        write_json(record_path(weights), record)
+        load_model_bundle(tmp, name=out.name).load_model()  # the folder loads as the app will load it
         if out.exists():
             shutil.rmtree(out)
         out.parent.mkdir(parents=True, exist_ok=True)

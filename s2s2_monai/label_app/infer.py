@@ -1,12 +1,14 @@
 """MONAI Label infer task: an S2S2 model segments a whole 3D volume slice by slice.
 
-A :class:`~monailabel.tasks.infer.basic_infer.BasicInferTask` whose stages are the project's own
-pieces: the pre-transform is :func:`~s2s2_monai.label_app.segment.prepare_volume` (NIfTI or DICOM
-via ``load_volume``, modality range check, intensity transform), the inferer is the evaluation's
-:func:`~s2s2_monai.evaluation.inference.predict_volume`, the writer is
+A :class:`~monailabel.tasks.infer.basic_infer.BasicInferTask` whose stages are the model's own
+(:class:`~s2s2_monai.model.BundleModel` of the exported folder): the pre-transform is
+:func:`~s2s2_monai.label_app.segment.prepare_volume` (NIfTI or DICOM, modality range check, the
+bundle's ``train#deterministic_transforms``), the inferer is the model's
+(:meth:`~s2s2_monai.model.BundleModel.inferer`), the writer is
 :func:`~s2s2_monai.label_app.segment.write_label` (uint8 NIfTI on the grid of the input file).
-Weights come from the model folder's ``models/model.pt`` through BasicInferTask's loader, which
-reloads them when the file changes (after the train task).
+Weights come from the folder's ``models/model.pt`` through the project's one weight loader
+(``weights_only``, strict, finite, checked against ``models/model.json``), reloaded when the file
+changes (after the train task).
 """
 
 from __future__ import annotations
@@ -18,9 +20,8 @@ from typing import Any
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 
-from s2s2_monai.evaluation.inference import predict_volume
 from s2s2_monai.label_app.bundle import ModelBundle
-from s2s2_monai.label_app.segment import PreparedVolume, prepare_volume, write_label
+from s2s2_monai.label_app.segment import prepare_volume, write_label
 
 __all__ = ["S2S2InferTask", "PrepareVolumed"]
 
@@ -30,11 +31,11 @@ _VOLUME_KEY = "s2s2_volume"
 class PrepareVolumed:
     """Dict transform: ``data["image"]`` (a path) -> (X, Y, Z) network input; keeps the geometry."""
 
-    def __init__(self, modality: str) -> None:
-        self.modality = modality
+    def __init__(self, model) -> None:
+        self.model = model
 
     def __call__(self, data: dict) -> dict:
-        volume = prepare_volume(data["image_path"], self.modality)
+        volume = prepare_volume(data["image_path"], self.model)
         data[_VOLUME_KEY] = volume
         data["image"] = volume.image
         return data
@@ -61,6 +62,7 @@ class S2S2InferTask(BasicInferTask):
         )
         self.bundle = bundle
         self.batch_size = int(batch_size)
+        self._loaded: tuple[tuple, object] | None = None
 
     def info(self) -> dict[str, Any]:
         info = super().info()
@@ -75,25 +77,27 @@ class S2S2InferTask(BasicInferTask):
         return info
 
     def pre_transforms(self, data=None):
-        return [PrepareVolumed(self.bundle.modality)]
+        return [PrepareVolumed(self.bundle.model)]
 
     def post_transforms(self, data=None):
         return []
 
+    def _get_network(self, device, data):
+        """The weights of ``models/model.pt`` on ``device`` (the project's loader), reloaded when the file changes."""
+        path = self.bundle.weights_path
+        key = (str(device), path.stat().st_mtime_ns if path.exists() else None)
+        if self._loaded is None or self._loaded[0] != key:
+            self._loaded = (key, self.bundle.load_network(device))
+        return self._loaded[1]
+
     def run_inferer(self, data: dict, convert_to_batch: bool = True, device: str = "cuda") -> dict:
         network = self._get_network(device, data)
-        data[self.output_label_key] = predict_volume(
-            network,
-            data["image"],
-            input_size=self.bundle.input_size,
-            batch_size=int(data.get("batch_size", self.batch_size)),
-            device=device,
-            mode=self.bundle.image_resize_mode,
-        )
+        inferer = self.bundle.model.inferer(int(data.get("batch_size", self.batch_size)))
+        data[self.output_label_key] = inferer(data["image"], network, device=device)
         return data
 
     def writer(self, data: dict, extension=None, dtype=None):
-        volume: PreparedVolume = data[_VOLUME_KEY]
+        volume = data[_VOLUME_KEY]
         fd, out = tempfile.mkstemp(suffix=".nii.gz", prefix="s2s2_label_")
         os.close(fd)
         write_label(data[self.output_label_key], volume, out)

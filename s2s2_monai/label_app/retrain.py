@@ -1,10 +1,11 @@
 """Run an exported model's own training bundle on MONAI Label's labelled studies.
 
 :func:`write_studies_datalist` turns the studies' (image, final label) pairs into a datalist;
-:func:`retrain` runs ``configs/train.json`` of the model folder with MONAI's
-:class:`~monai.bundle.ConfigWorkflow` (the same config as ``python -m monai.bundle run training``,
-S2S2 stack optional), starting from the current weights, then publishes the best (or last) weights
-atomically as ``models/model.pt``, which the infer task picks up on its next request.
+:func:`retrain` runs ``configs/train.json`` of the model folder in this process with
+:func:`s2s2_monai.bundle_runner.run_training_bundle` (MONAI's ``ConfigWorkflow``; the same config as
+``python -m monai.bundle run training``, S2S2 stack optional), starting from the current weights, then
+publishes the best (or last) weights atomically as ``models/model.pt``, which the infer task picks up on
+its next request.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ def write_studies_datalist(
     out.parent.mkdir(parents=True, exist_ok=True)
     doc = {
         "description": "MONAI Label studies with final labels",
-        "label_map": label_map.name,
+        "label_map": label_map.to_dict(),
         "modality": label_map.modality,
         "training": [{"image": str(i["image"]), "label": str(i["label"])} for i in training],
         "validation": [{"image": str(i["image"]), "label": str(i["label"])} for i in validation],
@@ -93,9 +94,8 @@ def retrain(
     Returns:
         ``{"run_dir", "weights", "published", "epochs", "train_items", "val_items", "seconds"}``.
     """
-    from monai.bundle import ConfigWorkflow
-
-    from s2s2_monai.checkpoints import numbered_checkpoints
+    from s2s2_monai.bundle_runner import run_training_bundle
+    from s2s2_monai.checkpoints import load_weights, numbered_checkpoints
 
     start = time.time()
     run_dir = Path(run_dir) if run_dir is not None else bundle.root / "train_runs" / time.strftime("%Y%m%d-%H%M%S")
@@ -113,20 +113,19 @@ def retrain(
         **dict(overrides or {}),
     }
     meta = bundle.root / METADATA
-    workflow = ConfigWorkflow(
-        config_file=str(bundle.train_config),
-        meta_file=str(meta) if meta.is_file() else None,
+
+    def start_from_current(workflow) -> None:  # after initialize (pretrained encoder), before the first step
+        if from_current and bundle.weights_path.is_file():
+            load_weights(workflow.parser.get_parsed_content("network"), bundle.weights_path, device="cpu")
+            logger.info("fine-tuning from %s", bundle.weights_path)
+
+    run_training_bundle(
+        bundle.train_config,
+        settings,
+        meta_file=meta if meta.is_file() else None,
         logging_file=False,
-        workflow_type="train",
-        **settings,
+        before_run=start_from_current,
     )
-    workflow.initialize()
-    if from_current and bundle.weights_path.is_file():
-        network = workflow.parser.get_parsed_content("network")
-        network.load_state_dict(read_state_dict(bundle.weights_path), strict=True)
-        logger.info("fine-tuning from %s", bundle.weights_path)
-    workflow.run()
-    workflow.finalize()
     best = run_dir / "models" / "model.pt"
     interval = numbered_checkpoints(run_dir / "checkpoints")
     weights = best if best.is_file() else (interval[0] if interval else None)

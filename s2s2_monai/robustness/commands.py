@@ -42,35 +42,35 @@ def resolve_configs(configs: list[str] | None, bundle: str) -> list[str] | None:
     return out
 
 
-def _robustness(args: argparse.Namespace) -> int:
+def model_from_args(args: argparse.Namespace, configs: list[str], extra: dict | None = None):
+    """The :class:`~s2s2_monai.model.BundleModel` of ``--config`` + ``--set`` (+ ``extra`` overrides) and ``--checkpoint``."""
     import torch
 
-    from s2s2_monai.cli_options import options_for, parse_sets
+    from s2s2_monai.cli_options import parse_sets
     from s2s2_monai.errors import S2S2InputError
-    from s2s2_monai.robustness.run import load_bundle_network, robustness_evaluation
+    from s2s2_monai.model import BundleModel
 
-    configs = resolve_configs(args.config, args.bundle)
     if not Path(args.checkpoint).is_file():  # before the (slow) bundle config is parsed
         raise S2S2InputError(
             args.checkpoint, "checkpoint file not found", "pass the models/model.pt written by training (--checkpoint)"
         )
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    network, settings = load_bundle_network(args.bundle, args.checkpoint, configs, parse_sets(args.set), device=device)
-    input_size = args.input_size or settings["input_size"]
-    result = robustness_evaluation(
-        network,
-        **options_for(
-            robustness_evaluation,
-            args,
-            out_dir=args.out,
-            corruptions=args.corruption,
-            input_size=input_size,
-            mode=settings["image_resize_mode"] or "bilinear",
-            hd95=args.hd95 or settings["hd95"],
-            device=device,
-            n_boot=args.bootstrap,
-        ),
-    )
+    overrides = {**(extra or {}), **parse_sets(args.set)}
+    return BundleModel.from_configs(configs, overrides, checkpoint=args.checkpoint, device=device)
+
+
+def _robustness(args: argparse.Namespace) -> int:
+    from s2s2_monai.cli_options import options_for
+    from s2s2_monai.robustness.run import robustness_evaluation
+
+    configs = resolve_configs(args.config, args.bundle) or [str(Path(args.bundle) / "train.json")]
+    extra = {"input_size": list(args.input_size)} if args.input_size else {}
+    if args.label_map:
+        extra["label_map"] = args.label_map
+    if args.hd95:
+        extra["hd95"] = args.hd95
+    model = model_from_args(args, configs, extra)
+    result = robustness_evaluation(model, **options_for(robustness_evaluation, args, out_dir=args.out, corruptions=args.corruption, n_boot=args.bootstrap))
     fmt = lambda v: "nan" if v is None else f"{v:.4f}"  # noqa: E731
     dice = result["robustness"]["dice"]
     print(f"{'clean':>15}: mean Dice {fmt(dice['clean']['mean_dice'])} over {dice['clean']['n']} volumes")
@@ -111,7 +111,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--bundle",
         required=True,
         metavar="DIR",
-        help="bundle folder (e.g. bundles/synapse); its inference.json (else train.json) is the default --config",
+        help="bundle folder (e.g. bundles/synapse); its train.json is the default --config",
     )
     add_checkpoint(p, "trained weights (models/model.pt or a checkpoint_epoch=N.pt)")
     add_datalist(p, "datalist JSON of the volumes to corrupt")
@@ -146,7 +146,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         nargs=2,
         default=None,
         metavar=("H", "W"),
-        help="network input size (default the bundle's input_size)",
+        help="network input size (default the bundle's input_size; must be the one the model was trained with)",
     )
     p.add_argument("--label-map", default=None, choices=sorted(LABEL_MAPS), help="label map (default the datalist's)")
     p.add_argument("--hd95", default=None, choices=HD95_DEFINITIONS, help="HD95 definition (default the bundle's)")

@@ -30,60 +30,17 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import torch
 from tqdm.auto import tqdm
 
 from s2s2_monai.atomic import json_safe, publish, write_json
 from s2s2_monai.errors import S2S2InputError
-from s2s2_monai.robustness.corruptions import CORRUPTIONS, copy_seed, corrupt_volume
+from s2s2_monai.robustness.corruptions import CORRUPTIONS
 from s2s2_monai.robustness.names import DEFAULT_SEVERITY, SEVERITIES
 from s2s2_monai.robustness.scores import degradation
 
-__all__ = ["ROBUSTNESS_FILES", "load_bundle_network", "method_name", "robustness_evaluation"]
+__all__ = ["ROBUSTNESS_FILES", "method_name", "robustness_evaluation"]
 
 ROBUSTNESS_FILES = ("robustness.csv", "robustness.json", "figures/robustness_dice.png")
-
-
-def load_bundle_network(
-    bundle_dir: str | os.PathLike,
-    ckpt: str | os.PathLike,
-    config_files: Sequence[str] | None = None,
-    overrides: dict | None = None,
-    device: torch.device | str = "cpu",
-) -> tuple[torch.nn.Module, dict]:
-    """Build ``network_def`` of a bundle and load a checkpoint into it.
-
-    Args:
-        bundle_dir: bundle folder.
-        ckpt: checkpoint file (``models/model.pt`` or an interval checkpoint ``checkpoint_epoch=N.pt``).
-        config_files: config files merged in order, relative to ``bundle_dir`` (default
-            ``inference.json`` when present, else ``train.json``); e.g.
-            ``["train.json", "cooperative.json"]`` for the cooperative method.
-        overrides: extra ``{id: value}`` settings.
-        device: where the network goes.
-
-    Returns:
-        ``(network in eval mode, {"input_size": ..., "image_resize_mode": ..., "label_map": ..., "hd95": ...})``
-        (settings the bundle defines, ``None`` otherwise).
-    """
-    from s2s2_monai.bundle_config import load_trained_network, parse_setting, read_config
-
-    bundle_dir = Path(bundle_dir)
-    if not bundle_dir.is_dir():
-        raise S2S2InputError(
-            bundle_dir, "bundle folder not found", "pass --bundle bundles/synapse (the folder holding train.json)"
-        )
-    if not config_files:
-        config_files = ["inference.json"] if (bundle_dir / "inference.json").is_file() else ["train.json"]
-    paths = [Path(f) if Path(f).is_absolute() else bundle_dir / f for f in config_files]
-    parser = read_config(paths, bundle_dir, overrides)
-    network = load_trained_network(parser, ckpt, paths[-1], device)
-
-    def setting(key):
-        return parse_setting(parser, key, paths[-1], "fix the bundle config", default=None)
-
-    keys = ("input_size", "image_resize_mode", "label_map", "hd95")
-    return network, {key: setting(key) for key in keys}
 
 
 def _mean_dice(metrics: dict) -> float:
@@ -148,7 +105,7 @@ def method_name(corruption: str, severity: int) -> str:
 
 
 def robustness_evaluation(
-    network: torch.nn.Module,
+    model,
     datalist,
     out_dir: str | os.PathLike,
     section: str = "test",
@@ -156,12 +113,8 @@ def robustness_evaluation(
     copies: int = 3,
     seed: int = 0,
     severities: Sequence[int] = (DEFAULT_SEVERITY,),
-    input_size: Sequence[int] | None = None,
-    mode: str = "bilinear",
-    label_map=None,
-    hd95: str | None = None,
-    device: torch.device | str | None = None,
-    batch_size: int = 32,
+    device=None,
+    batch_size: int | None = None,
     data_root: str | os.PathLike | None = None,
     n_boot: int = 10000,
     progress: bool = True,
@@ -169,7 +122,8 @@ def robustness_evaluation(
     """Segment clean and corrupted copies of every labelled case of ``section`` and write the report.
 
     Args:
-        network: 2D segmentation network (B, 1, H, W) -> logits (B, K, H, W).
+        model: a :class:`~s2s2_monai.model.BundleModel` with weights: its preprocessing, inference,
+            label map, HD95 definition, and its checkpoint named in the report.
         datalist: :class:`~s2s2_monai.data.datalist.Datalist` or its JSON path.
         out_dir: report folder.
         section: datalist section (``"test"`` by default).
@@ -177,12 +131,8 @@ def robustness_evaluation(
         copies: corrupted copies per case and corruption.
         seed: base seed (see :func:`~s2s2_monai.robustness.corruptions.copy_seed`).
         severities: levels of :data:`~s2s2_monai.robustness.names.SEVERITIES` (default the upstream level 3).
-        input_size: network input (H, W); slices are resized to it and back.
-        mode: interpolation of that resize (the bundle's ``image_resize_mode``).
-        label_map: default the datalist's.
-        hd95: HD95 definition (default the evaluation default).
         device: where the network runs (default its device).
-        batch_size: slices per forward pass.
+        batch_size: slices per forward pass (default the model's).
         data_root: root of relative datalist paths.
         n_boot: bootstrap resamples of the clean-vs-corruption comparisons.
         progress: progress bar.
@@ -190,12 +140,9 @@ def robustness_evaluation(
     Returns:
         ``{"summary": summary.json content, "robustness": robustness.json content}``.
     """
-    from s2s2_monai.data.cases import as_datalist, load_entry
-    from s2s2_monai.evaluation.inference import predict_volume
-    from s2s2_monai.evaluation.metric_table import MetricTable
-    from s2s2_monai.evaluation.metrics import DEFAULT_HD95
+    from s2s2_monai.data.cases import as_datalist
     from s2s2_monai.evaluation.report import write_report
-    from s2s2_monai.label_maps import get_label_map
+    from s2s2_monai.robustness.variants import count_variants, segment_variants
 
     corruptions = list(corruptions) if corruptions is not None else list(CORRUPTIONS)
     unknown = [c for c in corruptions if c not in CORRUPTIONS]
@@ -218,42 +165,33 @@ def robustness_evaluation(
             f"datalist has no labelled cases in section {section!r}",
             "choose a section with labelled cases (--section validation)",
         )
-    lm = dl.label_map if label_map is None else get_label_map(label_map)
-    ev = MetricTable(lm.classes, hd95=hd95 or DEFAULT_HD95, label_map=lm.name)
+    lm = model.label_map
+    ev = model.metric_table()
     rows: list[dict] = []
     clean_scores: list[float] = []
     scores: dict[str, dict[int, list[float]]] = {c: {v: [] for v in severities} for c in corruptions}
-    total = len(entries) * (1 + len(corruptions) * len(severities) * copies)
+    total = len(entries) * count_variants(corruptions, severities, copies)
     bar = tqdm(total=total, desc=f"robustness {section}", unit="volume", disable=not progress)
-
-    def segment(image):
-        return predict_volume(network, image, input_size=input_size, batch_size=batch_size, device=device, mode=mode)
-
-    for entry in entries:
-        case = load_entry(dl, entry)
-        metrics = ev.add(case.case_id, segment(case.image), case.label, case.spacing, method="clean", image=case.image)
-        clean_scores.append(_mean_dice(metrics))
-        bar.update()
-        for name in corruptions:
-            for k in range(copies):
-                s = copy_seed(seed, name, case.case_id, k)
-                for level in severities:
-                    image = corrupt_volume(case.image, name, s, case.spacing, severity=level)
-                    method = method_name(name, level)
-                    metrics = ev.add(case.case_id, segment(image), case.label, case.spacing, method=method, image=image)
-                    scores[name][level].append(_mean_dice(metrics))
-                    rows.append(
-                        {
-                            "corruption": name,
-                            "severity": level,
-                            "copy": k,
-                            "seed": s,
-                            "case": case.case_id,
-                            "mean_dice": scores[name][level][-1],
-                            **{f"dice_{lm.name_of(c)}": metrics[c]["dice"] for c in lm.classes},
-                        }
-                    )
-                    bar.update()
+    for case in model.cases(dl, section, labelled_only=True):
+        for v in segment_variants(model, case, corruptions, severities, copies, seed, device, batch_size):
+            method = "clean" if v.corruption is None else method_name(v.corruption, v.severity)
+            metrics = ev.add(case.case_id, v.pred, case.label, case.spacing, method=method, image=v.image)
+            bar.update()
+            if v.corruption is None:
+                clean_scores.append(_mean_dice(metrics))
+                continue
+            scores[v.corruption][v.severity].append(_mean_dice(metrics))
+            rows.append(
+                {
+                    "corruption": v.corruption,
+                    "severity": v.severity,
+                    "copy": v.copy,
+                    "seed": v.seed,
+                    "case": case.case_id,
+                    "mean_dice": scores[v.corruption][v.severity][-1],
+                    **{f"dice_{lm.name_of(c)}": metrics[c]["dice"] for c in lm.classes},
+                }
+            )
     bar.close()
 
     def stats(vals):

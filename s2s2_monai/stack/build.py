@@ -209,6 +209,7 @@ def build_stack(
     verify_existing: bool = True,
     contact_sheet: bool = True,
     replace: bool = False,
+    preprocessing=None,
 ) -> dict:
     """Build the stacks of every training slice of ``datalist`` into ``out_dir`` (see module doc).
 
@@ -227,6 +228,9 @@ def build_stack(
         contact_sheet: write ``out_dir/contact_sheet.png``.
         replace: rebuild a folder that holds a stack of other settings (its entries are deleted);
             without it such a folder stops the build and is left untouched (one folder, one stack).
+        preprocessing: the training bundle's ``train#deterministic_transforms`` (what the network sees;
+            :meth:`~s2s2_monai.model.BundleModel.preprocessing_from_configs`); default the paper's for the
+            datalist's modality. Ignored when ``datalist`` is already a ``VolumeCache``.
 
     Returns:
         summary dict: ``slices``, ``entries``, ``generated``, ``skipped``, ``rebuilt`` (corrupt
@@ -257,7 +261,9 @@ def build_stack(
         volumes = (
             datalist
             if isinstance(datalist, VolumeCache)
-            else VolumeCache(datalist, "training", data_root, progress=progress and rank == 0)
+            else VolumeCache(
+                datalist, "training", data_root, progress=progress and rank == 0, transform=preprocessing
+            )
         )
         if not volumes.cases:
             raise S2S2InputError(
@@ -493,8 +499,14 @@ def _check_stack_request(stack_dir: Path, generator, n, seed, build_if_missing, 
             )
 
 
+def _datalist_path(datalist) -> str:
+    """The JSON path behind a datalist path, :class:`Datalist` or :class:`VolumeCache`."""
+    dl = getattr(datalist, "datalist", datalist)
+    return str(getattr(dl, "path", dl))
+
+
 def ensure_stack(
-    datalist: str | os.PathLike,
+    datalist,
     stack_dir: str | os.PathLike,
     use_stack: bool = True,
     build_if_missing: bool = True,
@@ -509,6 +521,10 @@ def ensure_stack(
     **build_kwargs: Any,
 ) -> str | None:
     """The stack cache folder for training (``None`` for the baseline), checked before the first step.
+
+    ``datalist`` is the training bundle's ``@train#volumes`` (the volumes preprocessed by
+    ``train#deterministic_transforms``, so the stack, its QC bounds and its appearance statistics see
+    the intensities the network sees), or a datalist path (default preprocessing of its modality).
 
     An existing cache must hold the stack the config asks for (generator, members, seed): another one
     stops the run, naming both. With ``build_if_missing``, :func:`build_stack` completes the cache
@@ -538,7 +554,8 @@ def ensure_stack(
             raise S2S2InputError(
                 stack_dir,
                 "no stack cache here",
-                f"build it with `s2s2 stack build --datalist {datalist} --out {stack_dir}` or set build_stack_if_missing true",
+                f"build it with `s2s2 stack build --datalist {_datalist_path(datalist)} --config TRAIN.json --out {stack_dir}` "
+                "or set build_stack_if_missing true",
             )
         elif build_if_missing:  # a diffusion stack built elsewhere, without its model folders here: it must be complete
             from s2s2_monai.stack.cache import StackCache

@@ -27,10 +27,13 @@ def format_info(info: dict) -> str:
 
 
 def _build(args: argparse.Namespace) -> int:
-    from s2s2_monai.cli_options import options_for
+    from s2s2_monai.cli_options import bundle_preprocessing, options_for
     from s2s2_monai.stack.build import build_stack
 
-    summary = build_stack(**options_for(build_stack, args, out_dir=args.out, qc=not args.no_qc))
+    preprocessing = bundle_preprocessing(args)
+    summary = build_stack(
+        **options_for(build_stack, args, out_dir=args.out, qc=not args.no_qc, preprocessing=preprocessing)
+    )
     if summary["rank"] == 0:
         print(
             f"stack {args.out}: {summary['entries']} entries for {summary['slices']} slices "
@@ -67,7 +70,14 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from s2s2_monai.cli_options import add_command_group, add_datalist, add_no_progress, add_out, add_seed
+    from s2s2_monai.cli_options import (
+        add_bundle_preprocessing,
+        add_command_group,
+        add_datalist,
+        add_no_progress,
+        add_out,
+        add_seed,
+    )
 
     ssub = add_command_group(sub, "stack", "build and inspect semantic stack caches")
 
@@ -75,6 +85,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "build", help="generate the stacks of every training slice (resumable; run under torchrun to shard)"
     )
     add_datalist(p, "datalist JSON (its 'training' section)")
+    add_bundle_preprocessing(p)
     p.add_argument(
         "--generator",
         choices=("appearance", "diffusion"),

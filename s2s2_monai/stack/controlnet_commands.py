@@ -8,13 +8,14 @@ __all__ = ["register"]
 
 
 def _train(args: argparse.Namespace) -> int:
-    from s2s2_monai.cli_options import options_for
+    from s2s2_monai.cli_options import bundle_preprocessing, options_for
     from s2s2_monai.stack.finetune import ControlNetTrainConfig, train_controlnet
 
     config = ControlNetTrainConfig(
         **options_for(ControlNetTrainConfig, args, mixed_precision=not args.no_mixed_precision)
     )
-    result = train_controlnet(**options_for(train_controlnet, args, config=config))
+    preprocessing = bundle_preprocessing(args)
+    result = train_controlnet(**options_for(train_controlnet, args, config=config, preprocessing=preprocessing))
     start = f" (resumed at step {result.resumed_from})" if result.resumed_from is not None else ""
     last = f", last loss {result.losses[-1]:.4f}" if result.losses else ""
     print(f"trained {result.steps} steps{start}{last}; ControlNet written to {result.controlnet_dir}")
@@ -22,12 +23,20 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from s2s2_monai.cli_options import add_command_group, add_datalist, add_no_progress, add_out, add_seed
+    from s2s2_monai.cli_options import (
+        add_bundle_preprocessing,
+        add_command_group,
+        add_datalist,
+        add_no_progress,
+        add_out,
+        add_seed,
+    )
 
     csub = add_command_group(sub, "controlnet", "ControlNet fine-tuning on a datalist (Stable Diffusion frozen)")
     t = csub.add_parser("train", help="fine-tune a ControlNet on the training slices (resumable)")
     t.add_argument("--sd-dir", metavar="DIR", required=True, help="local Stable Diffusion folder (diffusers layout)")
     add_datalist(t, "datalist JSON; its training section (with labels) is used")
+    add_bundle_preprocessing(t)
     add_out(t, "output folder (checkpoints/, controlnet/, train_config.json, losses.json)")
     t.add_argument("--epochs", type=int, default=100, help="epochs over the training slices (default 100)")
     t.add_argument("--batch-size", type=int, default=16, help="slices per micro-batch (default 16)")

@@ -277,6 +277,7 @@ def train_controlnet(
     data_root: str | os.PathLike | None = None,
     progress: bool = True,
     callback: Callable[[int, float], None] | None = None,
+    preprocessing: Callable | None = None,
 ) -> TrainResult:
     """Fine-tune a ControlNet on the training slices of ``datalist`` and save it to ``out/controlnet``.
 
@@ -290,6 +291,9 @@ def train_controlnet(
         data_root: root for relative datalist paths.
         progress: show progress bars.
         callback: called as ``callback(step, loss)`` after every optimizer step.
+        preprocessing: the segmentation bundle's ``train#deterministic_transforms``, so the ControlNet
+            learns the intensities the stack is generated in and the network sees; default the paper's
+            for the datalist's modality.
     """
     from diffusers import DDPMScheduler
     from diffusers.optimization import get_scheduler
@@ -325,7 +329,7 @@ def train_controlnet(
         raise S2S2InputError(
             dl.path, "has training cases without a label", "every training case needs a label to fine-tune a ControlNet"
         )
-    volumes = VolumeCache(dl, "training", progress=progress)
+    volumes = VolumeCache(dl, "training", progress=progress, transform=preprocessing)
     slices = SliceDataset(volumes, labelled_only=config.labelled_only)
     data = ControlNetSliceDataset(slices, dl.label_map, UnitIntensity.for_modality(dl.modality), config.resolution)
     if len(data) == 0:

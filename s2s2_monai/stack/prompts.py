@@ -16,7 +16,10 @@ __all__ = ["prompt_prefix", "build_prompt"]
 
 def prompt_prefix(label_map: LabelMap) -> str:
     """``"A 2D slice of an abdomen CT scan showing "`` for Synapse, and so on per dataset family."""
-    article = "an" if label_map.anatomy[:1].lower() in "aeiou" else "a"
+    first = label_map.anatomy.split(" ")[0]
+    # by sound: "an abdomen", "an MRI scan" (em-), "a CT scan" (see-)
+    vowel = first[:1] in "AEFHILMNORSX" if first.isupper() else first[:1].lower() in "aeiou"
+    article = "an" if vowel else "a"
     return f"A 2D slice of {article} {label_map.anatomy} showing "
 
 

@@ -126,10 +126,20 @@ class ModelSaver:
         selection: ``"last"`` or ``"best_validation"``.
         validator: the validation evaluator (its key metric is recorded; required for ``best_validation``).
         filename: weights file name.
+        record: what the weights were trained with, added to ``model.json`` (the bundle passes
+            ``@model.describe()``: label map, preprocessing, input size, resize mode), so that every
+            consumer can refuse a config that would feed the network otherwise
+            (:class:`~s2s2_monai.model.BundleModel`).
     """
 
     def __init__(
-        self, save_dir: str | os.PathLike, network, selection: str = "last", validator=None, filename: str = "model.pt"
+        self,
+        save_dir: str | os.PathLike,
+        network,
+        selection: str = "last",
+        validator=None,
+        filename: str = "model.pt",
+        record: Mapping | None = None,
     ) -> None:
         from s2s2_monai.errors import S2S2InputError
         from s2s2_monai.training.settings import MODEL_SELECTIONS
@@ -151,6 +161,7 @@ class ModelSaver:
         self.selection = selection
         self.validator = validator
         self.trainer = None
+        self.record = dict(record or {})
 
     def attach(self, engine) -> None:
         from ignite.engine import Events
@@ -205,6 +216,7 @@ class ModelSaver:
                 "metric_name": metric_name,
                 "metric": metric,
                 "sha256": file_sha256(self.path),
+                **self.record,
             },
         )
         logger.info("wrote %s (%s, epoch %d)", self.path, self.selection, epoch)

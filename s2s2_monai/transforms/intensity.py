@@ -29,6 +29,7 @@ class CTWindow(Transform):
     def __init__(self, a_min: float = -125.0, a_max: float = 275.0) -> None:
         if a_max <= a_min:
             raise ValueError(f"CT window needs a_max > a_min, got [{a_min}, {a_max}]")
+        self.a_min, self.a_max = float(a_min), float(a_max)
         self._scale = ScaleIntensityRange(a_min=a_min, a_max=a_max, b_min=0.0, b_max=1.0, clip=True)
 
     def __call__(self, img: NdarrayOrTensor) -> NdarrayOrTensor:
@@ -45,6 +46,7 @@ class MRINormalize(Transform):
     def __init__(self, upper_percentile: float = 99.5) -> None:
         if not 0.0 < upper_percentile <= 100.0:
             raise ValueError(f"upper_percentile must be in (0, 100], got {upper_percentile}")
+        self.upper_percentile = float(upper_percentile)
         self._clip = ClipIntensityPercentiles(lower=None, upper=upper_percentile, channel_wise=False)
         self._norm = NormalizeIntensity(nonzero=False, channel_wise=False)
 
