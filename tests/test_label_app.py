@@ -91,7 +91,9 @@ def test_export_layout_and_weights(work):
     assert (b.root / "configs" / "metadata.json").is_file()
     inf = json.loads((b.root / "configs" / "inference.json").read_text())
     assert inf["model_path"] == "$@bundle_root + '/models/model.pt'" and inf["input_size"] == [32, 32]
-    assert b.label_map is get_label_map("synapse") and b.input_size == (32, 32) and b.modality == "CT"
+    assert b.label_map == get_label_map("synapse") and b.input_size == (32, 32) and b.modality == "CT"
+    record = json.loads((b.root / "models" / "model.json").read_text())  # what the weights were trained with
+    assert record["label_map"] == get_label_map("synapse").to_dict() and record["input_size"] == [32, 32]
     assert b.labels() == {
         "spleen": 1,
         "right kidney": 2,
@@ -116,7 +118,7 @@ def test_export_bad_input(work, tmp_path):
     with pytest.raises(S2S2InputError, match="already exists"):
         export_bundle([BUNDLE / "train.json", work["overlay"]], work["ckpt"], work["bundle"].root)
     # trained with the tiny overlay, exported without it: shapes differ
-    with pytest.raises(S2S2InputError, match="do not fit the bundle's network_def"):
+    with pytest.raises(S2S2InputError, match="do not fit the configured network"):
         export_bundle([BUNDLE / "train.json"], work["ckpt"], tmp_path / "m")
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
@@ -176,9 +178,7 @@ def test_exported_folder_runs_as_monai_bundle(work, tmp_path):
     wf.finalize()
     image = data / "imagesTr" / "phantom_003.nii.gz"  # the test section
     assert b.image_resize_mode == "bicubic"  # the paper bundle's: the app resizes as training did
-    ref = segment_file(
-        b.load_network(), image, tmp_path / "app.nii.gz", b.modality, input_size=b.input_size, mode=b.image_resize_mode
-    )
+    ref = segment_file(b.load_model(), image, tmp_path / "app.nii.gz")
     got = nib.load(str(tmp_path / "bundle_run" / "predictions" / "phantom_003.nii.gz"))
     np.testing.assert_allclose(got.affine, nib.load(str(ref)).affine, atol=1e-5)
     np.testing.assert_array_equal(np.asarray(got.dataobj), np.asarray(nib.load(str(ref)).dataobj))
@@ -229,20 +229,19 @@ def test_segment_file_keeps_geometry(work, tmp_path, case, request):
         Path(work["items"][0]["image"]) if case == "phantom" else request.getfixturevalue("real_ct")
     )  # phantom: LPS on disk; real: RAS
     b = work["bundle"]
-    net = b.load_network()
-    out = segment_file(
-        net, image, tmp_path / "pred.nii.gz", b.modality, input_size=b.input_size, batch_size=5, mode="bicubic"
-    )
+    model = b.load_model()
+    net = model.network
+    out = segment_file(model, image, tmp_path / "pred.nii.gz", batch_size=5)
     _check_label_file(out, image, b.label_map)
     # independent path: the written file read back into RAS equals the RAS prediction
-    vol = prepare_volume(image, b.modality)
+    vol = prepare_volume(image, model)
     expected = predict_volume(net, vol.image, input_size=b.input_size, batch_size=32, mode="bicubic")
     np.testing.assert_array_equal(load_volume(out, is_label=True)[0].numpy(), expected.numpy())
 
 
 def test_segment_file_rejects_mri_for_ct_model(work, tmp_path, real_mr):
     with pytest.raises(S2S2InputError, match="this model expects CT"):
-        segment_file(work["bundle"].load_network(), real_mr, tmp_path / "x.nii.gz", "CT")
+        segment_file(work["bundle"].load_model(), real_mr, tmp_path / "x.nii.gz")
     assert not (tmp_path / "x.nii.gz").exists()
 
 
@@ -258,7 +257,7 @@ def test_split_and_datalist(tmp_path):
     with pytest.raises(S2S2InputError, match="no labelled study"):
         split_items([])
     dl = json.loads(write_studies_datalist(items, get_label_map("synapse"), tmp_path / "d.json").read_text())
-    assert dl["label_map"] == "synapse" and dl["modality"] == "CT" and len(dl["training"]) == 4
+    assert dl["label_map"] == get_label_map("synapse").to_dict() and dl["modality"] == "CT" and len(dl["training"]) == 4
 
 
 def test_retrain_with_stack_publishes_weights(work, tmp_path):
@@ -374,12 +373,9 @@ def _infer_and_check(server, work, image_id: str, image_path: Path, tmp_path: Pa
     # the same model run in-process gives the same labels
     b = load_model_bundle(server["models"] / "synapse")
     ref = segment_file(
-        b.load_network(),
+        b.load_model(),
         image_path,
         tmp_path / f"{image_id}_ref.nii.gz",
-        b.modality,
-        input_size=b.input_size,
-        mode=b.image_resize_mode,
     )
     np.testing.assert_array_equal(arr, np.asarray(nib.load(str(ref)).dataobj))
     return arr

@@ -141,6 +141,7 @@ def export_bundle(
     checkpoint: str | os.PathLike,
     out: str | os.PathLike,
     force: bool = False,
+    overrides: dict | None = None,
 ) -> ModelBundle:
     """Write a trained model as a MONAI Label model folder (see the module docstring).
 
@@ -151,6 +152,8 @@ def export_bundle(
         checkpoint: the trained weights (plain state dict or a trainer checkpoint).
         out: the model folder to create; its name is the model name in MONAI Label.
         force: replace an existing ``out``.
+        overrides: the ``--set`` overrides the model was trained with (e.g. ``{"hu_window": [-160, 240]}``);
+            written into the exported configs.
 
     Raises:
         S2S2InputError: missing files, existing ``out`` without ``force``, weights that do not fit.
@@ -168,7 +171,7 @@ def export_bundle(
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not force:
         raise S2S2InputError(out, "already exists", "choose another --out or pass --force to replace it")
-    model = BundleModel.from_configs(config_files, checkpoint=checkpoint, device="cpu")
+    model = BundleModel.from_configs(config_files, overrides, checkpoint=checkpoint, device="cpu")
     state = model.network.state_dict()
     first = config_files[0]
     overlays = config_files[1:]
@@ -180,11 +183,11 @@ def export_bundle(
         root = str(out.resolve())
         # self-contained: the label map is frozen (a datalist-declared one needs no datalist at inference)
         frozen = {"bundle_root": root, "label_map": model.label_map.to_dict()}
-        merged = {**read_config(config_files).config, **frozen}
+        merged = {**read_config(config_files, overrides=overrides).config, **frozen}
         (tmp / TRAIN_CONFIG).write_text(json.dumps(merged, indent=2) + "\n")
         if (first.parent / "inference.json").is_file():
             # the bundle's inference.json is an overlay of train.json: export both merged, reading our weights
-            merged_inf = read_config([first, first.parent / "inference.json", *overlays]).config
+            merged_inf = read_config([first, first.parent / "inference.json", *overlays], overrides=overrides).config
             merged_inf.update({**frozen, "model_path": "$@bundle_root + '/models/model.pt'"})
             (tmp / INFER_CONFIG).write_text(json.dumps(merged_inf, indent=2) + "\n")
         if (first.parent / "metadata.json").is_file():

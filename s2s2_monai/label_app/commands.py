@@ -8,9 +8,10 @@ __all__ = ["register"]
 
 
 def _export_bundle(args: argparse.Namespace) -> int:
+    from s2s2_monai.cli_options import parse_sets
     from s2s2_monai.label_app.bundle import export_bundle
 
-    bundle = export_bundle(args.config, args.checkpoint, args.out, force=args.force)
+    bundle = export_bundle(args.config, args.checkpoint, args.out, force=args.force, overrides=parse_sets(args.set))
     print(
         f"exported model {bundle.name!r} ({bundle.label_map.name}, {bundle.modality}, input {bundle.input_size}) to {bundle.root}; "
         f"serve it with: monailabel start_server --app s2s2_monai/label_app --studies STUDIES "
@@ -20,7 +21,7 @@ def _export_bundle(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from s2s2_monai.cli_options import add_checkpoint, add_config, add_out
+    from s2s2_monai.cli_options import add_checkpoint, add_config, add_out, add_set
 
     p = sub.add_parser(
         "export-bundle", help="write a trained model as a MONAI Label model folder (configs/ + models/model.pt)"
@@ -32,5 +33,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     add_checkpoint(p, "trained weights: runs/NAME/models/model.pt or a checkpoint_epoch=N.pt")
     add_out(p, "model folder to create, MODELS_DIR/NAME (NAME is the model name in MONAI Label)")
+    add_set(p, "bundle override the model was trained with, e.g. --set hu_window=[-160,240]; repeat")
     p.add_argument("--force", action="store_true", help="replace an existing --out")
     p.set_defaults(func=_export_bundle)
