@@ -484,6 +484,117 @@ def _evaluate_datalist_bad_labels(tmp: Path, demo: Demo):
 
 
 #: kind of bad input -> case (one ``s2s2`` subprocess each)
+def _predict_model(tmp: Path, demo: Demo, record: bool = True) -> tuple[Path, Path]:
+    """A tiny model of the Synapse bundle (BasicUNet, 48x48): its overlay and ``model.pt`` (+ ``model.json``)."""
+    from s2s2_monai.checkpoints import file_sha256
+    from s2s2_monai.model import BundleModel
+
+    overlay = tmp / "tiny.json"
+    overlay.write_text(
+        json.dumps(
+            {
+                "datalist": str(demo.datalist),
+                "dataset_dir": str(demo.root),
+                "input_size": [48, 48],
+                "network_name": "basic_unet",
+                "networks#basic_unet#features": [4, 4, 8, 8, 16, 4],
+                "device": "$torch.device('cpu')",
+            }
+        )
+    )
+    model = BundleModel.from_configs([SYNAPSE / "train.json", overlay], device="cpu")
+    ckpt = tmp / "model.pt"
+    torch.save(model.network.state_dict(), ckpt)
+    if record:
+        ckpt.with_suffix(".json").write_text(json.dumps({**model.describe(), "sha256": file_sha256(ckpt)}))
+    return overlay, ckpt
+
+
+def predict_argv(overlay: Path, ckpt: Path, inputs: Path, tmp: Path, *extra: str) -> list:
+    return [
+        "predict",
+        "--config",
+        SYNAPSE / "train.json",
+        "--config",
+        overlay,
+        "--checkpoint",
+        ckpt,
+        "--input",
+        inputs,
+        "--out",
+        tmp / "out",
+        "--no-progress",
+        *extra,
+    ]
+
+
+def _predict_missing_input(tmp: Path, demo: Demo):
+    overlay, ckpt = _predict_model(tmp, demo)
+    return predict_argv(overlay, ckpt, tmp / "scans", tmp), [tmp / "scans", "no such file or folder"]
+
+
+def _predict_folder_without_images(tmp: Path, demo: Demo):
+    overlay, ckpt = _predict_model(tmp, demo)
+    (tmp / "scans").mkdir()
+    (tmp / "scans" / "notes.txt").write_text("x")
+    (tmp / "scans" / "sub").mkdir()
+    return predict_argv(overlay, ckpt, tmp / "scans", tmp), [tmp / "scans", "no NIfTI files"]
+
+
+def _predict_same_case_twice(tmp: Path, demo: Demo):
+    overlay, ckpt = _predict_model(tmp, demo)
+    (tmp / "scans").mkdir()
+    shutil.copy(demo.image, tmp / "scans" / "a_0000.nii.gz")
+    shutil.copy(demo.image2, tmp / "scans" / "a.nii.gz")
+    return predict_argv(overlay, ckpt, tmp / "scans", tmp), ["a.nii.gz", "same output name"]
+
+
+def _predict_second_channel(tmp: Path, demo: Demo):
+    overlay, ckpt = _predict_model(tmp, demo)
+    (tmp / "scans").mkdir()
+    shutil.copy(demo.image, tmp / "scans" / "a_0001.nii.gz")
+    return predict_argv(overlay, ckpt, tmp / "scans", tmp), ["a_0001.nii.gz", "channel 0001"]
+
+
+def _predict_batch_size_zero(tmp: Path, demo: Demo):
+    overlay, ckpt = _predict_model(tmp, demo)
+    return predict_argv(overlay, ckpt, demo.image, tmp, "--batch-size", "0"), ["--batch-size", "got 0"]
+
+
+def _predict_nan_weights(tmp: Path, demo: Demo):
+    overlay, ckpt = _predict_model(tmp, demo, record=False)
+    state = torch.load(ckpt, weights_only=True)
+    next(v for v in state.values() if v.is_floating_point()).view(-1)[0] = float("inf")
+    torch.save(state, ckpt)
+    return predict_argv(overlay, ckpt, demo.image, tmp), [ckpt, "NaN/inf"]
+
+
+def _predict_other_window(tmp: Path, demo: Demo):
+    overlay, ckpt = _predict_model(tmp, demo)
+    argv = predict_argv(overlay, ckpt, demo.image, tmp, "--set", "hu_window=[-160,240]")
+    return argv, [ckpt, "trained with other settings", "a_max: trained 275.0, config 240.0"]
+
+
+def _predict_mr_into_ct_model(tmp: Path, demo: Demo, shared: Path):
+    overlay, ckpt = _predict_model(tmp, demo)
+    mr = shared / "mr" / "totalseg_example_mr_sm.nii.gz"
+    return predict_argv(overlay, ckpt, mr, tmp), [mr, "this model expects CT"]
+
+
+def _predict_out_is_a_file(tmp: Path, demo: Demo):
+    overlay, ckpt = _predict_model(tmp, demo)
+    (tmp / "keep").mkdir()
+    (tmp / "keep" / "out").write_text("x")
+    argv = predict_argv(overlay, ckpt, demo.image, tmp)
+    argv[argv.index("--out") + 1] = tmp / "keep" / "out"
+    return argv, [tmp / "keep" / "out", "not a folder"]
+
+
+def _predict_missing_checkpoint(tmp: Path, demo: Demo):
+    overlay, _ = _predict_model(tmp, demo)
+    return predict_argv(overlay, tmp / "none.pt", demo.image, tmp), [tmp / "none.pt", "not found"]
+
+
 CLI_CASES: dict[str, Case] = {
     "datalist path outside the data root": Case(_outside_root),
     "4D image": Case(_image_4d),
@@ -520,6 +631,16 @@ CLI_CASES: dict[str, Case] = {
     "datalist: second channel image": Case(_dl_second_channel),
     "datalist declaring an unusable label_map dict": Case(_datalist_bad_label_map_dict),
     "evaluate --datalist with unusable labels": Case(_evaluate_datalist_bad_labels),
+    "predict: missing --input": Case(_predict_missing_input),
+    "predict: folder without images": Case(_predict_folder_without_images),
+    "predict: two inputs of one case": Case(_predict_same_case_twice),
+    "predict: second channel": Case(_predict_second_channel),
+    "predict: --batch-size 0": Case(_predict_batch_size_zero),
+    "predict: inf in the weights": Case(_predict_nan_weights),
+    "predict: config of another window than the weights": Case(_predict_other_window),
+    "predict: MR volume to a CT model": Case(_predict_mr_into_ct_model, shared=True),
+    "predict: --out is a file": Case(_predict_out_is_a_file, out=None, keep="keep"),
+    "predict: missing checkpoint": Case(_predict_missing_checkpoint),
 }
 
 
