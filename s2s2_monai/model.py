@@ -151,10 +151,10 @@ class BundleModel:
         """Load ``checkpoint`` strictly (finite tensors only), check its record, switch to eval mode."""
         from s2s2_monai.checkpoints import load_weights, model_record
 
+        record = model_record(checkpoint)
+        self.check_record(record, checkpoint)  # first: "trained with other settings" says more than a shape error
         load_weights(self.network, checkpoint)
-        self.checkpoint = Path(checkpoint)
-        self.record = model_record(checkpoint)
-        self.check_record(self.record, checkpoint)
+        self.checkpoint, self.record = Path(checkpoint), record
         self.network.eval()
         return self
 
@@ -179,7 +179,7 @@ class BundleModel:
                 checkpoint,
                 f"these weights were trained with other settings than the config gives ({details})",
                 "give the config files and --set overrides the model was trained with (its models/model.json "
-                "records them)",
+                "records them; a label map declared by a datalist: --set datalist=THAT.json)",
             )
 
     @property
@@ -210,8 +210,8 @@ class BundleModel:
         ``check_modality``: refuse a volume whose raw intensities do not fit the model's modality (an MRI
         sent to a CT model), :func:`~s2s2_monai.data.modality.check_modality_range`.
         """
-        from s2s2_monai.data.volumes import load_case
         from s2s2_monai.data.modality import check_modality_range
+        from s2s2_monai.data.volumes import load_case
 
         def check(raw, path):
             check_modality_range(raw, self.modality, path)
@@ -309,7 +309,7 @@ class BundleModel:
 def _first_difference(trained, config, path: str) -> str:
     """``"path.to.leaf: trained X, config Y"`` for the first place two JSON values differ."""
     if isinstance(trained, dict) and isinstance(config, dict):
-        for key in sorted(set(trained) | set(config)):
+        for key in sorted(set(trained) | set(config), key=lambda k: (k not in ("classes", "transforms"), k)):
             if trained.get(key) != config.get(key):
                 return _first_difference(trained.get(key), config.get(key), f"{path}.{key}")
     if isinstance(trained, list) and isinstance(config, list) and len(trained) == len(config):

@@ -553,7 +553,7 @@ def _predict_second_channel(tmp: Path, demo: Demo):
     overlay, ckpt = _predict_model(tmp, demo)
     (tmp / "scans").mkdir()
     shutil.copy(demo.image, tmp / "scans" / "a_0001.nii.gz")
-    return predict_argv(overlay, ckpt, tmp / "scans", tmp), ["a_0001.nii.gz", "channel 0001"]
+    return predict_argv(overlay, ckpt, tmp / "scans", tmp), ["a_0001.nii.gz", "channel 1 of case"]
 
 
 def _predict_batch_size_zero(tmp: Path, demo: Demo):

@@ -19,12 +19,12 @@ from s2s2_monai.data.phantom import ensure_demo_data
 from s2s2_monai.errors import S2S2InputError
 from s2s2_monai.evaluation.predictions import predict_to_folder
 from s2s2_monai.model import BundleModel
-from s2s2_monai.transforms import CTWindowd
 from s2s2_monai.stack.build import ensure_stack
 from s2s2_monai.training.checkpoint_handlers import AtomicCheckpointSaver, ResumeCheckpointLoader
 from s2s2_monai.training.datasets import training_dataset
 from s2s2_monai.training.handlers import ConsistencyHandler
 from s2s2_monai.training.taps import TAP_PRESETS
+from s2s2_monai.transforms import CTWindowd
 
 
 def test_require_data_names_missing_files(tiny_demo, tmp_path, capsys):

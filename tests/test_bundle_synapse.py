@@ -101,7 +101,10 @@ def test_preprocessing_is_visible_and_editable_in_the_bundle(tiny_demo, tmp_path
         case.image, np.clip(hu / 100.0, 0.0, 1.0), atol=1e-5
     )  # the bundle's window, not [-125, 275]
     assert w.parser.get_parsed_content("validate#volumes").cases[0].image.max() <= 1.0
-    assert w.parser["train#deterministic_transforms"][0]["_target_"].endswith("CTWindowd")
+    # visible per modality in the config; the datalist's modality (CT here) picks the list
+    assert w.parser["train#preprocessing_by_modality"]["CT"][0]["_target_"].endswith("CTWindowd")
+    assert w.parser["train#preprocessing_by_modality"]["MRI"][0]["_target_"].endswith("MRINormalized")
+    assert w.parser.get_parsed_content("modality") == "CT"
 
 
 def test_evaluate_and_inference_bundles(trained, tiny_demo):

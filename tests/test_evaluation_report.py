@@ -170,7 +170,6 @@ def test_paired_comparison_reference():
 def test_evaluate_datalist_writes_predictions_in_image_geometry(tiny_demo, tmp_path):
     from s2s2_monai.data.datalist import load_datalist
     from s2s2_monai.evaluation.run import evaluate_datalist
-
     from s2s2_monai.model import BundleModel
     from s2s2_monai.transforms import CTWindowd
 

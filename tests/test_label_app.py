@@ -25,6 +25,7 @@ import pytest
 import torch
 
 from s2s2_monai.cli import main as cli_main
+from s2s2_monai.data.modality import check_modality_range
 from s2s2_monai.data.phantom import write_demo_data
 from s2s2_monai.data.volumes import load_volume
 from s2s2_monai.errors import S2S2InputError
@@ -37,7 +38,6 @@ from s2s2_monai.label_app.bundle import (
     read_state_dict,
     resolve_models,
 )
-from s2s2_monai.data.modality import check_modality_range
 from s2s2_monai.label_app.retrain import retrain, split_items, write_studies_datalist
 from s2s2_monai.label_app.segment import prepare_volume, segment_file
 from s2s2_monai.label_maps import get_label_map

@@ -13,7 +13,6 @@ import json
 from pathlib import Path
 
 import nibabel as nib
-import numpy as np
 import pytest
 import torch
 
@@ -118,9 +117,7 @@ def test_every_stage_feeds_the_network_the_bundle_preprocessing(trained, tmp_pat
 
     # robustness: the clean copy is the bundle's preprocessing
     rec = Recorder(model.network)
-    robustness_evaluation(
-        model, demo, tmp_path / "rob", corruptions=["gamma"], copies=1, n_boot=10, progress=False
-    )
+    robustness_evaluation(model, demo, tmp_path / "rob", corruptions=["gamma"], copies=1, n_boot=10, progress=False)
     assert torch.equal(rec.volume()[..., : expected.shape[-1]], expected)
     rec.handle.remove()
 

@@ -101,7 +101,15 @@ def _threshold_model() -> BundleModel:
 def test_robustness_report_lists_every_corruption_at_every_severity(tiny_demo, tmp_path):
     out = tmp_path / "rob"
     res = robustness_evaluation(
-        _threshold_model(), tiny_demo, out, section="test", copies=2, seed=0, severities=[4, 1], n_boot=50, progress=False
+        _threshold_model(),
+        tiny_demo,
+        out,
+        section="test",
+        copies=2,
+        seed=0,
+        severities=[4, 1],
+        n_boot=50,
+        progress=False,
     )
     methods = [f"{c}@{s}" for c in CORRUPTIONS for s in (1, 4)]
     summary = json.loads((out / "summary.json").read_text())
@@ -195,7 +203,9 @@ def test_cli_runs_a_cooperative_bundle_checkpoint(tiny_demo, tmp_path, capsys):
     assert "spike@2" in text and "ghosting@5" in text
     rob = json.loads((tmp_path / "r" / "robustness.json").read_text())
     assert list(rob["dice"]) == ["clean", "spike", "ghosting"] and rob["severities"] == [2, 5]
-    assert rob and json.loads((tmp_path / "r" / "summary.json").read_text())["settings"]["model"]["checkpoint"] == str(ckpt)
+    assert rob and json.loads((tmp_path / "r" / "summary.json").read_text())["settings"]["model"]["checkpoint"] == str(
+        ckpt
+    )
     model = BundleModel.from_configs(
         [BUNDLE / "train.json", BUNDLE / "cooperative.json"],
         {"cooperative_channels": [4, 8, 8]},

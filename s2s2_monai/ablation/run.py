@@ -255,7 +255,11 @@ def _score(plan: AblationPlan, arm: Arm, seed: int, run_dir: Path, progress: boo
         preprocessing = None if own else Compose([Lambdad("image", intensity_for(dl.modality))])
         corruptions = plan.corruptions if domain == "test" else ()
         for case in model.cases(
-            dl, "test", labelled_only=True, progress=progress, desc=f"{arm.name} seed {seed} {domain}",
+            dl,
+            "test",
+            labelled_only=True,
+            progress=progress,
+            desc=f"{arm.name} seed {seed} {domain}",
             preprocessing=preprocessing,
         ):
             base = {"arm": arm.name, "seed": seed, "domain": domain, "case": case.case_id}

@@ -8,8 +8,14 @@ __all__ = ["register"]
 
 
 def _demo_data(args: argparse.Namespace) -> int:
-    from s2s2_monai.data.phantom import write_demo_data
+    from s2s2_monai.data.phantom import write_demo_data, write_nnunet_demo
 
+    if args.nnunet:
+        path = write_nnunet_demo(
+            args.out, cases=args.cases, seed=args.seed, shape=tuple(args.shape), progress=not args.no_progress
+        )
+        print(f"wrote {args.cases} phantom cases in nnU-Net layout (liver, spleen, kidney) and {path}")
+        return 0
     path = write_demo_data(
         args.out, cases=args.cases, seed=args.seed, shape=tuple(args.shape), progress=not args.no_progress
     )
@@ -52,6 +58,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_seed(p, "random seed (same seed, same bytes)")
     p.add_argument(
         "--shape", type=int, nargs=3, default=(128, 128, 48), metavar=("X", "Y", "Z"), help="voxels per case"
+    )
+    p.add_argument(
+        "--nnunet",
+        action="store_true",
+        help="nnU-Net raw layout instead (imagesTr/CASE_0000.nii.gz, labelsTr, imagesTs, labelsTs, dataset.json) with "
+        "three organs (liver, spleen, kidney): a stand-in for your own data",
     )
     add_no_progress(p)
     p.set_defaults(func=_demo_data)

@@ -22,6 +22,7 @@ from s2s2_monai.label_maps import LABEL_MAPS, LabelMap, normalize_modality, pars
 
 __all__ = [
     "CasePair",
+    "image_case",
     "pair_cases",
     "split_cases",
     "read_label_names",
@@ -52,6 +53,29 @@ def _stem(name: str) -> str | None:
     return None
 
 
+def image_case(path: Path, option: str = "--images") -> str:
+    """Case name of an image file, nnU-Net style: ``CASE_0000.nii.gz`` / ``CASE.nii.gz`` / ``CASE.nii`` -> ``CASE``.
+
+    Raises:
+        S2S2InputError: not a NIfTI file, or another channel than ``_0000`` (single-channel models only).
+    """
+    stem = _stem(path.name)
+    if stem is None:
+        raise S2S2InputError(
+            path,
+            "is neither a NIfTI file (.nii.gz / .nii) nor a DICOM series folder",
+            f"convert it to NIfTI or move it out of {option}",
+        )
+    m = _CHANNEL.match(stem)
+    if m and m["channel"] != "0000":
+        raise S2S2InputError(
+            path,
+            f"is channel {int(m['channel'])} of case {m['case']!r}; only single-channel images are supported",
+            f"keep one channel per case ({m['case']}_0000) and move the others out of {option}",
+        )
+    return m["case"] if m else stem
+
+
 def _entries(folder: Path, role: str, option: str) -> list[Path]:
     if not folder.is_dir():
         what = "is a file, not a folder" if folder.exists() else "folder not found"
@@ -79,23 +103,7 @@ def _images(folder: Path) -> dict[str, Path]:
                 )
             case = path.name
         else:
-            stem = _stem(path.name)
-            if stem is None:
-                raise S2S2InputError(
-                    path,
-                    "is neither a NIfTI file (.nii.gz / .nii) nor a DICOM series folder",
-                    "convert it to NIfTI or move it out of --images",
-                )
-            m = _CHANNEL.match(stem)
-            case = stem
-            if m:
-                if m["channel"] != "0000":
-                    raise S2S2InputError(
-                        path,
-                        f"is channel {int(m['channel'])} of case {m['case']!r}; only single-channel images are supported",
-                        f"keep one channel per case ({m['case']}_0000) and move the others out of --images",
-                    )
-                case = m["case"]
+            case = image_case(path)
         if case in found:
             raise S2S2InputError(
                 path, f"second image of case {case!r} (the first is {found[case]})", "keep one image per case"

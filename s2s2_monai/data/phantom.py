@@ -25,7 +25,14 @@ from s2s2_monai.errors import S2S2InputError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["make_phantom_case", "write_demo_data", "ensure_demo_data", "ORGANS"]
+__all__ = [
+    "make_phantom_case",
+    "write_demo_data",
+    "write_nnunet_demo",
+    "ensure_demo_data",
+    "ORGANS",
+    "NNUNET_DEMO_LABELS",
+]
 
 #: Synapse id -> (name, centre RAS mm (x right, y anterior, z superior), radii mm, mean HU).
 ORGANS: dict[int, tuple[str, tuple[float, float, float], tuple[float, float, float], float]] = {
@@ -82,6 +89,19 @@ def make_phantom_case(
     return image, label, affine
 
 
+def _phantoms(cases: int, seed: int, shape, progress: bool):
+    """``(i, image, label, affine)`` of phantom ``i`` = 0..cases-1, each from its own seeded stream."""
+    for i in tqdm(range(cases), desc="phantoms", disable=not progress, unit="case"):
+        rng = np.random.default_rng([seed, i])
+        # field of view ~350 x 350 x 144 mm whatever the grid (128x128x48 -> ~2.7 x 2.7 x 3 mm voxels)
+        spacing = (
+            350.0 / shape[0] * rng.uniform(0.96, 1.04),
+            350.0 / shape[1] * rng.uniform(0.96, 1.04),
+            144.0 / shape[2],
+        )
+        yield (i, *make_phantom_case(rng, shape=shape, spacing=spacing))
+
+
 def write_demo_data(
     out: str | os.PathLike, cases: int = 6, seed: int = 0, shape=(128, 128, 48), progress: bool = True
 ) -> Path:
@@ -94,15 +114,7 @@ def write_demo_data(
         raise ValueError("need at least 2 cases (one for training, one for test)")
     out = Path(out)
     entries = []
-    for i in tqdm(range(cases), desc="phantoms", disable=not progress, unit="case"):
-        rng = np.random.default_rng([seed, i])
-        # field of view ~350 x 350 x 144 mm whatever the grid (128x128x48 -> ~2.7 x 2.7 x 3 mm voxels)
-        spacing = (
-            350.0 / shape[0] * rng.uniform(0.96, 1.04),
-            350.0 / shape[1] * rng.uniform(0.96, 1.04),
-            144.0 / shape[2],
-        )
-        image, label, affine = make_phantom_case(rng, shape=shape, spacing=spacing)
+    for i, image, label, affine in _phantoms(cases, seed, shape, progress):
         name = f"phantom_{i:03d}.nii.gz"
         save_nifti_atomic(image, affine, out / "imagesTr" / name)
         save_nifti_atomic(label, affine, out / "labelsTr" / name)
@@ -119,6 +131,46 @@ def write_demo_data(
         "test": entries[n_train + n_val :],
     }
     return write_json(out / "datalist.json", datalist)
+
+
+#: The own-data stand-in's three organs (nnU-Net ``dataset.json`` form) and the phantom ids they come from.
+NNUNET_DEMO_LABELS = {"background": 0, "liver": 1, "spleen": 2, "kidney": 3}
+_NNUNET_DEMO_REMAP = {5: 1, 1: 2, 2: 3, 3: 3}
+
+
+def write_nnunet_demo(
+    out: str | os.PathLike,
+    cases: int = 6,
+    test_cases: int = 2,
+    seed: int = 0,
+    shape=(96, 96, 24),
+    progress: bool = True,
+) -> Path:
+    """Phantoms in nnU-Net's raw-dataset layout with a three-organ map: a stand-in for one's own data.
+
+    ``OUT/imagesTr/phantom_XXX_0000.nii.gz`` + ``OUT/labelsTr/phantom_XXX.nii.gz`` (liver 1, spleen 2,
+    both kidneys 3; the other phantom organs are background), the last ``test_cases`` in ``imagesTs`` /
+    ``labelsTs``, and ``OUT/dataset.json`` (nnU-Net v2: ``channel_names``, ``labels``, ``numTraining``,
+    ``file_ending``). Returns the ``dataset.json`` path.
+    """
+    if not 1 <= test_cases < cases:
+        raise ValueError(f"need 1 <= test_cases < cases, got {test_cases} of {cases}")
+    out = Path(out)
+    lut = np.zeros(max(ORGANS) + 1, dtype=np.uint8)
+    for src, dst in _NNUNET_DEMO_REMAP.items():
+        lut[src] = dst
+    for i, image, label, affine in _phantoms(cases, seed, shape, progress):
+        split = "Ts" if i >= cases - test_cases else "Tr"
+        save_nifti_atomic(image, affine, out / f"images{split}" / f"phantom_{i:03d}_0000.nii.gz")
+        save_nifti_atomic(lut[label], affine, out / f"labels{split}" / f"phantom_{i:03d}.nii.gz")
+    dataset = {
+        "name": f"s2s2 phantoms in nnU-Net layout (seed {seed})",
+        "channel_names": {"0": "CT"},
+        "labels": NNUNET_DEMO_LABELS,
+        "numTraining": cases - test_cases,
+        "file_ending": ".nii.gz",
+    }
+    return write_json(out / "dataset.json", dataset)
 
 
 def ensure_demo_data(out_dir: str | os.PathLike, cases: int = 6, shape=(96, 96, 24), seed: int = 0) -> str:

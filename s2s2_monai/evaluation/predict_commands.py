@@ -56,13 +56,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--input", required=True, metavar="FILE|DIR", help="a NIfTI file, a DICOM series folder, or a folder of them"
     )
     add_out(p, "output folder of the label maps")
+    add_no_progress(p)
+    p.add_argument("--overwrite", action="store_true", help="redo outputs that exist (default: keep them)")
+    p.add_argument("--no-modality-check", action="store_true", help="skip the raw-intensity check of the modality")
     p.add_argument("--device", default=None, help="torch device (default cuda when available)")
     p.add_argument("--batch-size", type=int, default=None, help="slices per forward pass (default the bundle's)")
-    p.add_argument("--overwrite", action="store_true", help="redo outputs that exist (default: keep them)")
-    p.add_argument(
-        "--no-modality-check",
-        action="store_true",
-        help="skip the check that raw intensities fit the model's modality (CT in HU has air)",
-    )
-    add_no_progress(p)
     p.set_defaults(func=_predict)

@@ -11,7 +11,6 @@ written atomically; an interrupted run continues where it stopped (finished outp
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,8 +19,6 @@ from s2s2_monai.errors import S2S2InputError
 __all__ = ["PredictionInput", "PredictionRun", "find_inputs", "output_name", "predict_to_folder"]
 
 _NIFTI = (".nii.gz", ".nii")
-#: nnU-Net's channel suffix of image files (``CASE_0000.nii.gz``).
-_CHANNEL = re.compile(r"_(\d{4})$")
 
 
 @dataclass(frozen=True)
@@ -50,18 +47,11 @@ class PredictionRun:
 
 
 def output_name(path: str | os.PathLike) -> str:
-    """Case name of an input: file name without ``.nii(.gz)`` and without nnU-Net's ``_0000`` channel suffix."""
-    from s2s2_monai.data.volumes import case_id_of
+    """Case name of an input: nnU-Net's ``CASE_0000.nii.gz`` -> ``CASE``; a DICOM series folder keeps its name."""
+    from s2s2_monai.data.make_datalist import image_case
 
-    name = case_id_of(path)
-    m = _CHANNEL.search(name)
-    if m and m.group(1) != "0000":
-        raise S2S2InputError(
-            path,
-            f"channel {m.group(1)} of a multi-channel case; the models here take one channel (_0000)",
-            "give only the _0000 images (or files without a channel suffix)",
-        )
-    return name[: m.start()] if m else name
+    path = Path(path)
+    return path.name if path.is_dir() else image_case(path, "--input")
 
 
 def _is_series_folder(p: Path) -> bool:

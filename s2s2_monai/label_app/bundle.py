@@ -105,7 +105,9 @@ class ModelBundle:
 
     def load_model(self, device: torch.device | str = "cpu") -> BundleModel:
         """The model with ``models/model.pt`` loaded (strict, finite, checked against its record), on ``device``."""
-        return BundleModel.from_configs([self.config], checkpoint=self.weights_path, device=device, bundle_root=self.root)
+        return BundleModel.from_configs(
+            [self.config], checkpoint=self.weights_path, device=device, bundle_root=self.root
+        )
 
     def load_network(self, device: torch.device | str = "cpu") -> torch.nn.Module:
         """The network with ``models/model.pt`` loaded, in eval mode on ``device``."""

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from s2s2_monai.atomic import write_json
+from s2s2_monai.checkpoints import file_sha256, model_record, record_path
 from s2s2_monai.errors import S2S2InputError
 from s2s2_monai.label_app.bundle import METADATA, ModelBundle, read_state_dict, save_state_dict_atomic
 from s2s2_monai.label_maps import LabelMap
@@ -134,6 +135,9 @@ def retrain(
     published = None
     if publish:
         published = str(save_state_dict_atomic(read_state_dict(weights), bundle.weights_path))
+        # the published weights' record: what they were trained with (the infer task checks it on load)
+        record = {**model_record(weights), "retrained_in": str(run_dir), "sha256": file_sha256(published)}
+        write_json(record_path(published), record)
     return {
         "run_dir": str(run_dir),
         "weights": str(weights),

@@ -70,7 +70,12 @@ def _robustness(args: argparse.Namespace) -> int:
     if args.hd95:
         extra["hd95"] = args.hd95
     model = model_from_args(args, configs, extra)
-    result = robustness_evaluation(model, **options_for(robustness_evaluation, args, out_dir=args.out, corruptions=args.corruption, n_boot=args.bootstrap))
+    result = robustness_evaluation(
+        model,
+        **options_for(
+            robustness_evaluation, args, out_dir=args.out, corruptions=args.corruption, n_boot=args.bootstrap
+        ),
+    )
     fmt = lambda v: "nan" if v is None else f"{v:.4f}"  # noqa: E731
     dice = result["robustness"]["dice"]
     print(f"{'clean':>15}: mean Dice {fmt(dice['clean']['mean_dice'])} over {dice['clean']['n']} volumes")
@@ -84,15 +89,7 @@ def _robustness(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from s2s2_monai.cli_options import (
-        add_checkpoint,
-        add_config,
-        add_datalist,
-        add_no_progress,
-        add_out,
-        add_seed,
-        add_set,
-    )
+    from s2s2_monai import cli_options as o
     from s2s2_monai.evaluation.names import HD95_DEFINITIONS
     from s2s2_monai.label_maps import LABEL_MAPS
     from s2s2_monai.robustness.names import CORRUPTION_NAMES, DEFAULT_SEVERITY, SEVERITIES
@@ -113,14 +110,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="DIR",
         help="bundle folder (e.g. bundles/synapse); its train.json is the default --config",
     )
-    add_checkpoint(p, "trained weights (models/model.pt or a checkpoint_epoch=N.pt)")
-    add_datalist(p, "datalist JSON of the volumes to corrupt")
-    add_out(p, "report folder")
-    add_config(
+    o.add_checkpoint(p, "trained weights (models/model.pt or a checkpoint_epoch=N.pt)")
+    o.add_datalist(p, "datalist JSON of the volumes to corrupt")
+    o.add_out(p, "report folder")
+    o.add_config(
         p,
         "bundle config file, a path relative to the current folder; repeat, merged in order, e.g. --config bundles/synapse/train.json --config bundles/synapse/cooperative.json",
     )
-    add_set(p, "bundle setting override, as for monai.bundle (VALUE read as JSON when it parses); repeat")
+    o.add_set(p, "bundle setting override, as for monai.bundle (VALUE read as JSON when it parses); repeat")
     p.add_argument("--section", default="test", help="datalist section (default test)")
     p.add_argument(
         "--corruption",
@@ -139,7 +136,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help=f"severity levels to run, of {levels} (default {DEFAULT_SEVERITY}, the upstream setting); e.g. --severities 1 2 3 4 5",
     )
     p.add_argument("--copies", type=int, default=3, help="seeded copies per case and corruption (default 3)")
-    add_seed(p, "base seed of the copies")
+    o.add_seed(p, "base seed of the copies")
     p.add_argument(
         "--input-size",
         type=int,
@@ -155,5 +152,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--bootstrap", type=int, default=10000, help="bootstrap resamples of the clean-vs-corruption comparisons"
     )
-    add_no_progress(p)
+    o.add_no_progress(p)
     p.set_defaults(func=_robustness)

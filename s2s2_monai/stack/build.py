@@ -261,9 +261,7 @@ def build_stack(
         volumes = (
             datalist
             if isinstance(datalist, VolumeCache)
-            else VolumeCache(
-                datalist, "training", data_root, progress=progress and rank == 0, transform=preprocessing
-            )
+            else VolumeCache(datalist, "training", data_root, progress=progress and rank == 0, transform=preprocessing)
         )
         if not volumes.cases:
             raise S2S2InputError(

@@ -70,22 +70,15 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from s2s2_monai.cli_options import (
-        add_bundle_preprocessing,
-        add_command_group,
-        add_datalist,
-        add_no_progress,
-        add_out,
-        add_seed,
-    )
+    from s2s2_monai import cli_options as o
 
-    ssub = add_command_group(sub, "stack", "build and inspect semantic stack caches")
+    ssub = o.add_command_group(sub, "stack", "build and inspect semantic stack caches")
 
     p = ssub.add_parser(
         "build", help="generate the stacks of every training slice (resumable; run under torchrun to shard)"
     )
-    add_datalist(p, "datalist JSON (its 'training' section)")
-    add_bundle_preprocessing(p)
+    o.add_datalist(p, "datalist JSON (its 'training' section)")
+    o.add_bundle_preprocessing(p)
     p.add_argument(
         "--generator",
         choices=("appearance", "diffusion"),
@@ -100,7 +93,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=16,
         help="members per mask (default 16); under torchrun write --members (torchrun's own parser mistakes --n for a prefix of its options)",
     )
-    add_out(p, "cache folder")
+    o.add_out(p, "cache folder")
     p.add_argument(
         "--sd-dir",
         metavar="DIR",
@@ -110,7 +103,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--controlnet-dir", metavar="DIR", default=None, help="fine-tuned ControlNet folder, for --generator diffusion"
     )
-    add_seed(p, "global seed")
+    o.add_seed(p, "global seed")
     p.add_argument(
         "--resolution",
         type=int,
@@ -124,7 +117,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="the --out folder holds a stack of other settings: delete it and build this one (default: stop, untouched)",
     )
-    add_no_progress(p)
+    o.add_no_progress(p)
     p.set_defaults(func=_build)
 
     p = ssub.add_parser("info", help="entries, members, bytes, missing/corrupt, QC pass rate and digest of a cache")

@@ -23,21 +23,14 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from s2s2_monai.cli_options import (
-        add_bundle_preprocessing,
-        add_command_group,
-        add_datalist,
-        add_no_progress,
-        add_out,
-        add_seed,
-    )
+    from s2s2_monai import cli_options as o
 
-    csub = add_command_group(sub, "controlnet", "ControlNet fine-tuning on a datalist (Stable Diffusion frozen)")
+    csub = o.add_command_group(sub, "controlnet", "ControlNet fine-tuning on a datalist (Stable Diffusion frozen)")
     t = csub.add_parser("train", help="fine-tune a ControlNet on the training slices (resumable)")
     t.add_argument("--sd-dir", metavar="DIR", required=True, help="local Stable Diffusion folder (diffusers layout)")
-    add_datalist(t, "datalist JSON; its training section (with labels) is used")
-    add_bundle_preprocessing(t)
-    add_out(t, "output folder (checkpoints/, controlnet/, train_config.json, losses.json)")
+    o.add_datalist(t, "datalist JSON; its training section (with labels) is used")
+    o.add_bundle_preprocessing(t)
+    o.add_out(t, "output folder (checkpoints/, controlnet/, train_config.json, losses.json)")
     t.add_argument("--epochs", type=int, default=100, help="epochs over the training slices (default 100)")
     t.add_argument("--batch-size", type=int, default=16, help="slices per micro-batch (default 16)")
     t.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step (default 1)")
@@ -45,7 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument(
         "--resolution", type=int, default=512, help="square training size (default 512; 192 for the 4-class sets)"
     )
-    add_seed(t, "random seed (data order, noise, timesteps)")
+    o.add_seed(t, "random seed (data order, noise, timesteps)")
     t.add_argument(
         "--checkpoint-every", type=int, default=500, help="optimizer steps between checkpoints (default 500)"
     )
@@ -56,5 +49,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--no-mixed-precision", action="store_true", help="train in fp32 on CUDA too")
     t.add_argument("--num-workers", type=int, default=0, help="DataLoader workers (default 0)")
     t.add_argument("--device", default=None, help="torch device (default: cuda when available)")
-    add_no_progress(t)
+    o.add_no_progress(t)
     t.set_defaults(func=_train)
