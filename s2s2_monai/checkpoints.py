@@ -9,7 +9,9 @@ export):
   full disk, half a copy, a bad sector) is moved aside to ``NAME.corrupt`` (never deleted), reported
   in one log line, and the next one is tried;
 - :func:`read_state_dict`: a network state dict from ``model.pt``, an interval checkpoint (its
-  ``network`` entry) or a MONAI bundle checkpoint (``model``), always with ``weights_only=True``.
+  ``network`` entry) or a MONAI bundle checkpoint (``model``), always with ``weights_only=True``;
+- :func:`nonfinite_tensors` / :func:`require_finite`: weights are checked finite wherever they are
+  read (a NaN/inf tensor is refused, and a training checkpoint holding one is treated as damaged).
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ from s2s2_monai.errors import S2S2InputError, exit_or_raise
 __all__ = [
     "load_weights",
     "CORRUPT_SUFFIX",
+    "NonFiniteError",
+    "nonfinite_tensors",
+    "require_finite",
     "numbered_checkpoints",
     "newest_readable",
     "move_aside",
@@ -101,6 +106,40 @@ def torch_load(path: str | os.PathLike, map_location=None):
     return torch.load(path, map_location=map_location, weights_only=True)
 
 
+class NonFiniteError(ValueError):
+    """Tensors of a checkpoint hold NaN/inf (the training that wrote it diverged, or the file is damaged)."""
+
+
+def nonfinite_tensors(obj, prefix: str = "") -> list[str]:
+    """Names (``a/b/c``) of the floating-point tensors inside ``obj`` (nested dicts, lists, tuples) holding NaN/inf."""
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        if (obj.is_floating_point() or obj.is_complex()) and not bool(torch.isfinite(obj).all()):
+            return [prefix or "tensor"]
+        return []
+    if isinstance(obj, dict):
+        items = obj.items()
+    elif isinstance(obj, (list, tuple)):
+        items = enumerate(obj)
+    else:
+        return []
+    bad: list[str] = []
+    for k, v in items:
+        bad += nonfinite_tensors(v, f"{prefix}/{k}" if prefix else str(k))
+    return bad
+
+
+def require_finite(obj, what: str = "") -> None:
+    """Raise :class:`NonFiniteError` when a tensor inside ``obj`` holds NaN/inf (``what`` prefixes the names)."""
+    bad = nonfinite_tensors(obj, what)
+    if bad:
+        raise NonFiniteError(
+            f"holds NaN/inf values in {len(bad)} tensor(s) (first: {bad[0]}); the training that wrote it diverged "
+            "or the file is damaged"
+        )
+
+
 def read_state_dict(path: str | os.PathLike, map_location="cpu") -> dict:
     """A network state dict from a weights file or a checkpoint that holds one.
 
@@ -131,14 +170,12 @@ def read_state_dict(path: str | os.PathLike, map_location="cpu") -> dict:
                 obj = obj[key]
                 break
     if isinstance(obj, dict) and obj and all(_is_tensor(v) for v in obj.values()):
-        bad = [k for k, v in obj.items() if v.is_floating_point() and not bool(v.isfinite().all())]
-        if bad:
+        try:
+            require_finite(obj)
+        except NonFiniteError as exc:
             raise S2S2InputError(
-                path,
-                f"holds NaN/inf values in {len(bad)} tensor(s) (first: {bad[0]}); the training that wrote it diverged "
-                "or the file is damaged",
-                "use an earlier checkpoint (checkpoints/checkpoint_epoch=N.pt) or retrain",
-            )
+                path, str(exc), "use an earlier checkpoint (checkpoints/checkpoint_epoch=N.pt) or retrain"
+            ) from None
         return obj
     raise S2S2InputError(
         path,

@@ -14,7 +14,7 @@ import importlib
 import sys
 
 from s2s2_monai.cli_options import reset_aliases
-from s2s2_monai.errors import S2S2InputError, input_error_in
+from s2s2_monai.errors import S2S2InputError, user_error_in
 
 __all__ = ["main", "build_parser"]
 
@@ -64,12 +64,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the CLI; bad input prints one ``error:`` line and returns 2 (no traceback)."""
+    """Run the CLI; bad input prints one ``error:`` line and returns 2 (no traceback).
+
+    Bad input is an :class:`~s2s2_monai.errors.S2S2InputError` (possibly wrapped, e.g. by MONAI's config
+    parser) or a file-system refusal such as a read-only or full ``--out`` (``OSError`` EROFS, ENOSPC,
+    EDQUOT, EACCES, EPERM, ENOTDIR with a path): :func:`~s2s2_monai.errors.user_error_in`.
+    """
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except Exception as exc:  # bad input, possibly wrapped (e.g. by MONAI's config parser)
-        err = input_error_in(exc)
+    except Exception as exc:
+        err = user_error_in(exc)
         if err is None:
             raise
         print(f"error: {err}", file=sys.stderr)

@@ -7,6 +7,7 @@ installs it in its own virtual environment and runs this file).
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import shutil
@@ -14,8 +15,10 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -308,6 +311,10 @@ def _upload(url: str, path: Path):
     return _request(url, "POST", body, {"Content-Type": f"multipart/form-data; boundary={boundary}"})
 
 
+#: The server's upload limit in the tests (the test uploads are below it; one test goes over it).
+MAX_UPLOAD_MB = 1
+
+
 @pytest.fixture(scope="module")
 def server(work, tmp_path_factory, real_ct):
     pytest.importorskip(
@@ -335,6 +342,7 @@ def server(work, tmp_path_factory, real_ct):
         "--app", str(app), "--studies", str(studies),
         "--conf", "models", "synapse", "--conf", "models_dir", str(models),
         "--conf", "zoo_source", "local", "--conf", "sam2", "false", "--conf", "batch_size", "8",
+        "--conf", "max_upload_mb", str(MAX_UPLOAD_MB),
         "--host", "127.0.0.1", "--port", str(port),
     ]  # fmt: skip
     log = open(root / "server.log", "wb")
@@ -436,3 +444,402 @@ def test_server_train_then_infer(server, work, tmp_path):
         "labels/final/phantom.nii.gz"
     )
     _infer_and_check(server, work, "phantom", server["studies"] / "phantom.nii.gz", tmp_path)
+
+
+# ---------------------------------------------------------------- hostile clients (issue 19)
+
+
+def _multipart(fields: dict | None = None, files: dict | None = None) -> tuple[bytes, dict]:
+    """A multipart body: ``fields`` {name: text}, ``files`` {name: (filename, bytes)}; with its header."""
+    boundary = "s2s2testboundary"
+    body = b""
+    for name, text in (fields or {}).items():
+        body += f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{text}\r\n'.encode()
+    for name, (filename, data) in (files or {}).items():
+        body += (
+            (
+                f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{filename}"\r\n'
+                "Content-Type: application/octet-stream\r\n\r\n"
+            ).encode()
+            + data
+            + b"\r\n"
+        )
+    return body + f"--{boundary}--\r\n".encode(), {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+
+
+def _detail(status_body) -> str:
+    return json.loads(status_body[1])["detail"]
+
+
+def _nifti_declaring(shape: tuple[int, ...]) -> bytes:
+    """A small .nii.gz whose header declares ``shape`` (int16) over a few KB of data."""
+    header = nib.Nifti1Header()
+    header.set_data_dtype(np.int16)
+    header.set_data_shape(shape)
+    header.set_data_offset(352)
+    return gzip.compress(header.binaryblock + b"\0" * 4 + b"\0" * 4096)
+
+
+class _RunsCodeWhenUnpickled:
+    """Pickles as ``os.mkdir(marker)``: a plain ``torch.load`` would create the folder."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.mkdir, (self.marker,))
+
+
+def _still_serving(server) -> None:
+    assert _request(server["url"] + "/")[0] == 200
+    assert server["proc"].poll() is None
+
+
+def test_declared_size_checked_before_reading(tmp_path):
+    pytest.importorskip("monailabel", reason="monailabel not installed")
+    from s2s2_monai.label_app.infer import VolumeTooLarge, check_declared_size
+
+    bomb = tmp_path / "bomb.nii.gz"
+    bomb.write_bytes(_nifti_declaring((30000, 30000, 30000)))
+    start = time.perf_counter()
+    with pytest.raises(
+        VolumeTooLarge, match=r"declares 27000000000000 voxels \(shape \(30000, 30000, 30000\)\).*max_voxels 268435456"
+    ):
+        check_declared_size(bomb, 2**28)
+    assert time.perf_counter() - start < 0.5
+    check_declared_size(bomb, 30000**3)  # at the limit
+    junk = tmp_path / "junk.nii.gz"
+    junk.write_bytes(b"not an image")
+    check_declared_size(junk, 1)  # unreadable headers are the reader's to report
+
+
+def test_infer_task_loads_weights_only(work, monkeypatch, tmp_path):
+    """BasicInferTask's torch.load (no weights_only) is never reached: construction, is_valid and info load
+    nothing; inference loads once through the project's loader (weights_only=True); a pickle is refused unrun."""
+    pytest.importorskip("monailabel", reason="monailabel not installed")
+    from s2s2_monai.label_app.infer import S2S2InferTask
+
+    calls = []
+    real_load = torch.load
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs.get("weights_only"))
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", spy)
+    monkeypatch.setattr(torch.jit, "load", lambda *a, **k: pytest.fail("torch.jit.load called"))
+    task = S2S2InferTask(work["bundle"], batch_size=4)
+    assert task.is_valid() and task.info()["labels"]["liver"] == 5 and calls == []
+    image = work["items"][0]["image"]
+    for _ in range(2):  # the second request reuses the loaded network
+        out, meta = task({"image": image, "device": "cpu"})
+        assert meta["model"] == "synapse" and nib.load(out).shape == nib.load(image).shape
+        os.unlink(out)
+    assert calls == [True]
+
+    model = tmp_path / "synapse"
+    shutil.copytree(work["bundle"].root, model)
+    marker = tmp_path / "unpickled"
+    torch.save({"conv.weight": _RunsCodeWhenUnpickled(marker)}, model / WEIGHTS)
+    evil = S2S2InferTask(load_model_bundle(model), batch_size=4)
+    with pytest.raises(S2S2InputError, match="not a readable PyTorch checkpoint"):
+        evil({"image": image, "device": "cpu"})
+    assert not marker.exists() and set(calls) == {True}
+
+
+def test_train_request_settings_refuse_code_and_bad_values():
+    pytest.importorskip("monailabel", reason="monailabel not installed")
+    from s2s2_monai.label_app.train import request_settings
+
+    defaults = {"max_epochs": 50, "use_stack": True, "val_split": 0.2, "from_current": True}
+    got = request_settings(
+        {"model": "synapse", "device": "cpu", "max_epochs": "3", "use_stack": "false", "batch_size": 4}, defaults
+    )
+    assert got == {"max_epochs": 3, "use_stack": False, "val_split": 0.2, "from_current": True, "batch_size": 4}
+    with pytest.raises(S2S2InputError, match="'overrides' is not accepted"):
+        request_settings({"overrides": {"max_epochs": "$__import__('os').getcwd()"}}, defaults)
+    with pytest.raises(S2S2InputError, match=r"'stack_generator' is .*Fix: pass one of \['appearance', 'diffusion'\]"):
+        request_settings({"stack_generator": "$__import__('os').getcwd()"}, defaults)
+    bad = [
+        {"max_epochs": 0},
+        {"max_epochs": "abc"},
+        {"max_epochs": 1.5},
+        {"val_split": 1},
+        {"learning_rate": 0},
+        {"learning_rate": "nan"},
+        {"use_stack": "maybe"},
+        {"batch_size": True},
+        {"num_workers": -1},
+    ]
+    for request in bad:
+        with pytest.raises(S2S2InputError, match=f"train request parameter '{next(iter(request))}'"):
+            request_settings(request, defaults)
+
+
+def test_server_outside_and_absent_answer_the_same_404(server, real_ct):
+    """No existence oracle: a file outside the studies folder and a missing one get the same answer."""
+    url, studies = server["url"], server["studies"]
+    link = studies / "link.nii.gz"  # inside by name, outside by real path
+    link.symlink_to(real_ct)
+    try:
+        images = [
+            str(real_ct),  # exists, outside (was served: 200)
+            str(real_ct) + "X",  # absent
+            "/etc/hostname",  # exists (was 422)
+            "/etc/hostnameX",  # absent (was 404)
+            "../x",
+            f"{studies}/../../{real_ct.name}",
+            str(link),
+            "link",
+            "nosuch",
+            "..",
+        ]
+        details = set()
+        for image in images:
+            status, body = _request(f"{url}/infer/synapse?image={urllib.parse.quote(image)}&output=image", "POST")
+            assert status == 404, (image, body[:300])
+            details.add(json.loads(body)["detail"].replace(repr(image), "ID"))
+        assert len(details) == 1 and "is not in the studies folder" in details.pop()
+    finally:
+        link.unlink()
+    # a path that does lie in the studies folder is served
+    inside = urllib.parse.quote(str(studies / "phantom.nii.gz"))
+    assert _request(f"{url}/infer/synapse?image={inside}&output=image", "POST")[0] == 200
+    _still_serving(server)
+
+
+def test_server_refuses_huge_declared_volume_fast(server, tmp_path):
+    url = server["url"]
+    bomb = tmp_path / "bomb.nii.gz"
+    bomb.write_bytes(_nifti_declaring((30000, 30000, 30000)))
+    start = time.perf_counter()
+    status, body = _upload(f"{url}/infer/synapse?output=image", bomb)
+    elapsed = time.perf_counter() - start
+    assert status == 413 and "max_voxels 268435456" in _detail((status, body)), body[:300]
+    assert elapsed < 2.0, f"{elapsed:.2f} s"
+    # the same file in the studies folder is refused the same way
+    shutil.copy(bomb, server["studies"] / "bomb.nii.gz")
+    try:
+        image = urllib.parse.quote(str(server["studies"] / "bomb.nii.gz"))
+        status, body = _request(f"{url}/infer/synapse?image={image}&output=image", "POST")
+        assert status == 413 and "declares 27000000000000 voxels" in _detail((status, body))
+    finally:
+        (server["studies"] / "bomb.nii.gz").unlink()
+    _still_serving(server)
+
+
+def _raw_post(url: str, headers: dict, body: bytes = b"", method: str = "POST") -> tuple[int, bytes]:
+    """A request over a plain socket: the head, then ``body`` (possibly cut short); (status, body) of the answer.
+
+    urllib sends a whole body before it reads the answer, but a server that refuses a body early
+    answers and closes while the client still writes (broken pipe); this client stops writing.
+    """
+    parts = urllib.parse.urlsplit(url)
+    head = f"{method} {parts.path}?{parts.query} HTTP/1.1\r\nHost: {parts.hostname}\r\n"
+    head += "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
+    with socket.create_connection((parts.hostname, parts.port), timeout=60) as sock:
+        sock.sendall(head.encode() + body)
+        answer = b""
+        while b"\r\n\r\n" not in answer and (chunk := sock.recv(65536)):
+            answer += chunk
+        head_in, _, body_in = answer.partition(b"\r\n\r\n")
+        length = int(
+            dict(line.decode().lower().split(": ", 1) for line in head_in.split(b"\r\n")[1:]).get("content-length", 0)
+        )
+        while len(body_in) < length and (chunk := sock.recv(65536)):
+            body_in += chunk
+    return int(head_in.split()[1]), body_in
+
+
+def test_server_refuses_uploads_over_the_limit(server, tmp_path):
+    url = server["url"]
+    limit = MAX_UPLOAD_MB * 2**20
+    multipart = {"Content-Type": "multipart/form-data; boundary=s2s2testboundary"}
+    # declared too large: refused before the body is read
+    status, body = _raw_post(f"{url}/infer/synapse?output=image", {**multipart, "Content-Length": str(limit + 1)})
+    assert status == 413 and f"max_upload_mb {MAX_UPLOAD_MB}" in json.loads(body)["detail"]
+    # chunked (no length): refused once the bytes read pass the limit
+    head = b'--s2s2testboundary\r\nContent-Disposition: form-data; name="file"; filename="big.nii.gz"\r\n\r\n'
+    chunk = os.urandom(256 * 1024)
+    chunks = head + chunk * (limit // len(chunk) + 1)
+    encoded = b"".join(f"{len(c):x}\r\n".encode() + c + b"\r\n" for c in (chunks[:65536], chunks[65536:]))
+    status, body = _raw_post(
+        f"{url}/infer/synapse?output=image", {**multipart, "Transfer-Encoding": "chunked"}, encoded
+    )
+    assert status == 413 and "max_upload_mb" in body.decode(errors="replace"), body[:300]
+    status, body = _raw_post(
+        f"{url}/datastore/label?image=phantom", {**multipart, "Content-Length": str(limit + 1)}, method="PUT"
+    )
+    assert status == 413 and "max_upload_mb" in json.loads(body)["detail"]
+    _still_serving(server)
+
+
+def test_server_bad_parameters_are_4xx(server, tmp_path):
+    url = server["url"]
+    infer = f"{url}/infer/synapse?image=phantom&output=image"
+    cases = [  # (what, fields, expected status, words of the detail)
+        ("params not JSON", {"params": "not json"}, 422, "'params' is not valid JSON"),
+        ("params a list", {"params": "[1, 2]"}, 422, "not an object"),
+        ("params too deep", {"params": "[" * 100000}, 422, "'params' is not valid JSON"),
+        ("batch_size 0", {"params": json.dumps({"batch_size": 0})}, 422, "'batch_size' is 0"),
+        ("batch_size text", {"params": json.dumps({"batch_size": "many"})}, 422, "'batch_size' is 'many'"),
+        ("device", {"params": json.dumps({"device": "tpu:7"})}, 422, "'device'"),
+        ("logging", {"params": json.dumps({"logging": "LOUD"})}, 422, "'logging'"),
+        ("image in params", {"params": json.dumps({"image": "/etc/hostname"})}, 422, "may not set ['image']"),
+    ]
+    for what, fields, expected, words in cases:
+        data, headers = _multipart(fields)
+        status, body = _request(infer, "POST", data, headers)
+        assert status == expected and words in _detail((status, body)), (what, status, body[:300])
+    # a multipart body cut off inside the file part
+    data, headers = _multipart(files={"file": ("ct.nii.gz", b"\x1f\x8b" + b"x" * 5000)})
+    status, body = _request(f"{url}/infer/synapse?output=image", "POST", data[:2000], headers)
+    assert status == 400 and "no complete 'file' part" in _detail((status, body))
+    status, body = _request(f"{url}/infer/synapse?output=image", "POST")
+    assert status == 422 and "no image given" in _detail((status, body))
+    status, body = _request(f"{url}/infer/synapse?image=phantom&output=dicom_seg", "POST")
+    assert status == 422 and "dicom_seg" in _detail((status, body))
+    status, body = _request(f"{url}/infer/synapse?image=phantom&output=bogus", "POST")
+    assert status == 422
+    data, headers = _multipart(files={"file": ("notes.txt", b"hello")})
+    status, body = _request(f"{url}/infer/synapse?output=image", "POST", data, headers)
+    assert status == 415 and "not a NIfTI file" in _detail((status, body))
+    status, body = _request(f"{url}/infer/synapse?session_id=../../x&output=image", "POST")
+    assert status == 404 and "session '../../x' not found" in _detail((status, body))
+    status, body = _request(f"{url}/infer/nosuch?image=phantom&output=image", "POST")
+    assert status == 404 and "unknown model 'nosuch'" in _detail((status, body))
+    data, headers = _multipart(files={"file": ("model.pt", b"x")})
+    status, body = _request(f"{url}/model/nosuch", "PUT", data, headers)  # was 500
+    assert status == 404 and "unknown model 'nosuch'" in _detail((status, body))
+    status, body = _request(f"{url}/activelearning/nosuch", "POST")  # was 500
+    assert status == 404 and "unknown active-learning strategy 'nosuch'" in _detail((status, body))
+    status, body = _request(f"{url}/infer/wsi/synapse?image={urllib.parse.quote('/etc/hostname')}", "POST")
+    assert status == 404 and "no whole-slide" in _detail((status, body))
+    data, headers = _multipart({"wsi": "not json"})
+    status, body = _request(f"{url}/infer/wsi_v2/synapse?image=phantom", "POST", data, headers)  # was 500
+    assert status == 422 and "'wsi' is not valid JSON" in _detail((status, body))
+    _still_serving(server)
+
+
+def test_server_datastore_ids_stay_inside(server, tmp_path):
+    url, studies = server["url"], server["studies"]
+    label = (studies / "labels" / "final" / "phantom.nii.gz").read_bytes()
+    data, headers = _multipart(files={"label": ("phantom.nii.gz", label)})
+    status, body = _request(f"{url}/datastore/label?image=../x", "PUT", data, headers)  # was 500
+    assert status == 404 and "image '../x' is not in the studies folder" in _detail((status, body))
+    status, body = _request(f"{url}/datastore/label?image=phantom&tag=../../escaped", "PUT", data, headers)
+    assert status == 422 and "label tag '../../escaped' is not a plain file name" in _detail((status, body))
+    data_p, headers_p = _multipart({"params": "{oops"}, {"label": ("phantom.nii.gz", label)})
+    status, body = _request(f"{url}/datastore/label?image=phantom", "PUT", data_p, headers_p)  # was 500
+    assert status == 422 and "'params' is not valid JSON" in _detail((status, body))
+    image = (studies / "phantom.nii.gz").read_bytes()
+    data, headers = _multipart(files={"file": ("phantom.nii.gz", image)})
+    status, body = _request(f"{url}/datastore/image?image=../escaped", "PUT", data, headers)
+    assert status == 422 and "image id '../escaped' is not a plain file name" in _detail((status, body))
+    assert not list(studies.parent.glob("escaped*")) and not (studies / "labels" / "escaped.nii.gz").exists()
+    assert _request(f"{url}/datastore/image?image=../x")[0] == 404
+    status, body = _request(f"{url}/datastore/label?id=nosuch&tag=final", "DELETE")
+    assert status == 404 and "no label 'nosuch'" in _detail((status, body))
+    data, headers = _multipart({"info": "not json"})
+    status, body = _request(f"{url}/datastore/image/info?image=phantom", "PUT", data, headers)
+    assert status == 422 and "'info' is not valid JSON" in _detail((status, body))
+    data, headers = _multipart(files={"files": ("a.zip", b"PK")})
+    status, body = _request(f"{url}/session/?uncompress=true", "PUT", data, headers)
+    assert status == 422 and "does not unpack archives" in _detail((status, body))
+    # good requests still pass through the checked routes: add a study, label it, segment it, remove it
+    data, headers = _multipart(files={"file": ("added.nii.gz", image)})
+    status, body = _request(f"{url}/datastore/image?image=added", "PUT", data, headers)
+    assert status == 200 and json.loads(body) == {"image": "added"}
+    try:
+        data, headers = _multipart({"params": "{}"}, {"label": ("added.nii.gz", label)})
+        status, body = _request(f"{url}/datastore/label?image=added&tag=final", "PUT", data, headers)
+        assert status == 200 and (studies / "labels" / "final" / "added.nii.gz").is_file()
+        assert _request(f"{url}/infer/synapse?image=added&output=image", "POST")[0] == 200
+    finally:
+        assert _request(f"{url}/datastore/image?id=added", "DELETE")[0] == 200
+    assert not (studies / "added.nii.gz").exists() and not (studies / "labels" / "final" / "added.nii.gz").exists()
+    _still_serving(server)
+
+
+def test_server_info_answers_during_inference(server, tmp_path):
+    """The inference runs off the event loop: /info/ answers within a second while inferences run
+    (MONAI Label's own route ran them on the event loop: /info/ waited for the whole inference)."""
+    url, studies = server["url"], server["studies"]
+    rng = np.random.default_rng(0)
+    vol = np.full((64, 64, 20), -1000, np.int16)
+    vol[8:56, 8:56] = rng.integers(-100, 200, (48, 48, 20), dtype=np.int16)
+    volume = studies / "long_ct.nii.gz"
+    nib.save(nib.Nifti1Image(vol, np.eye(4)), str(volume))
+    data, headers = _multipart({"params": json.dumps({"batch_size": 1})})
+    image = urllib.parse.quote(str(volume))
+    statuses, busy = [], threading.Event()
+
+    def infer():  # back-to-back inferences for at least 3 s (their speed depends on the machine's load)
+        start = time.perf_counter()
+        busy.set()
+        while time.perf_counter() - start < 3.0:
+            statuses.append(_request(f"{url}/infer/synapse?image={image}&output=image", "POST", data, headers)[0])
+
+    worker = threading.Thread(target=infer)
+    try:
+        worker.start()
+        busy.wait()
+        time.sleep(0.2)
+        latencies = []
+        while worker.is_alive():
+            start = time.perf_counter()
+            assert _request(url + "/info/", timeout=30)[0] == 200
+            latencies.append(time.perf_counter() - start)
+            time.sleep(0.1)
+    finally:
+        worker.join()
+        volume.unlink()
+    assert statuses and set(statuses) == {200} and len(latencies) >= 5
+    assert max(latencies) < 1.0, f"/info/ took up to {max(latencies):.2f} s during {len(statuses)} inferences"
+    print(f"/info/ during {len(statuses)} inferences: {len(latencies)} calls, max {max(latencies):.3f} s")
+
+
+def test_server_refuses_pickled_code_in_weights(server, tmp_path):
+    """Weights replaced through MONAI Label's PUT /model/{name}: read weights_only, refused (422), never run."""
+    url = server["url"]
+    weights = server["models"] / "synapse" / WEIGHTS
+    original = weights.read_bytes()
+    marker = tmp_path / "unpickled"
+    evil = tmp_path / "model.pt"
+    torch.save({"conv.weight": _RunsCodeWhenUnpickled(marker)}, evil)
+    data, headers = _multipart(files={"file": ("model.pt", evil.read_bytes())})
+    assert _request(f"{url}/model/synapse", "PUT", data, headers)[0] == 200
+    try:
+        status, body = _request(f"{url}/infer/synapse?image=phantom&output=image", "POST")
+        assert status == 422 and "not a readable PyTorch checkpoint" in _detail((status, body)), body[:400]
+        assert not marker.exists()
+    finally:
+        restore = weights.with_suffix(".restore")
+        restore.write_bytes(original)
+        os.replace(restore, weights)
+    assert _request(f"{url}/infer/synapse?image=phantom&output=image", "POST")[0] == 200
+    _still_serving(server)
+
+
+def test_server_train_refuses_bundle_expressions(server, tmp_path):
+    """POST /train/{model} with free bundle overrides (config expressions run Python) fails, unrun."""
+    marker = tmp_path / "expression_ran"
+    params = {
+        "max_epochs": 1,
+        "use_stack": False,
+        "overrides": {"stack_seed": f"$__import__('os').mkdir({str(marker)!r})"},
+    }
+    status, body = _request(
+        f"{server['url']}/train/synapse", "POST", json.dumps(params).encode(), {"Content-Type": "application/json"}
+    )
+    assert status == 200, body[:500]
+    deadline = time.time() + 120
+    while True:
+        task = json.loads(_request(f"{server['url']}/train/")[1])
+        if task.get("status") in ("DONE", "ERROR"):
+            break
+        assert time.time() < deadline, "the train task did not end in 120 s"
+        time.sleep(1)
+    assert task["status"] == "ERROR" and not marker.exists()
+    assert any("'overrides' is not accepted" in line for line in task.get("details", [])), task.get("details", [])[-5:]
+    _still_serving(server)

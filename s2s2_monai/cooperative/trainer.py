@@ -15,6 +15,11 @@ on, the FTN also runs on x1 and the step adds ``Lseg(FTN(x1), y) + alpha_enc * D
 ``engine.state.output`` holds ``pred`` (FTN logits of the noisy x0), ``loss`` and every detached
 term as ``loss_<term>`` (log them with ``s2s2_monai.training.handlers.loss_terms``), plus
 ``mask_kind``.
+
+Resume: with per-epoch seeding (:class:`~s2s2_monai.training.seeding.EpochSeeding`) the masker's
+generator is re-derived from ``mask_seed`` and the epoch's seed (:meth:`CooperativeTrainer.reseed`) and the
+input noise comes from torch's global generator, seeded per epoch; a non-finite loss stops the run as in
+:class:`~s2s2_monai.training.trainer.PairedTrainer`.
 """
 
 from __future__ import annotations
@@ -86,11 +91,24 @@ class CooperativeTrainer(PairedTrainer):
             *args, loss_function=loss_function or label_ce, use_stack=use_stack, stack_key=stack_key, **kwargs
         )
         cooperative_network(self.network)
+        self.mask_seed = mask_seed
         self.masker = LatentMasker(mask_kinds, max_p, soft, dropout_p, mask_seed) if latent_da else None
         self.input_noise = float(input_noise)
         self.recon_weight = float(recon_weight)
         self.alpha_enc = float(alpha_enc)
         self.alpha_dec = float(alpha_dec)
+
+    def reseed(self, seed: int) -> None:
+        """A fresh masker generator for the epoch, from ``SeedSequence([mask_seed, seed])`` (none: unseeded)."""
+        if self.masker is None or self.mask_seed is None:
+            return
+        import numpy as np
+
+        derived = int(
+            np.random.SeedSequence([int(self.mask_seed) & (2**63 - 1), int(seed)]).generate_state(1, dtype=np.uint64)[0]
+        )
+        m = self.masker
+        self.masker = LatentMasker(m.kinds, m.max_p, m.soft, m.dropout_p, derived >> 1)
 
     def forward(self, engine, x0, x1, args, kwargs) -> dict:
         """The FTN on the noisy x0; the clean x0 and x1 are kept for the loss."""

@@ -11,6 +11,14 @@ describes the files: which ids they use), then the preprocessing:
 
 :func:`iter_cases` does it for a whole section (training slices, validation, evaluation, robustness,
 ``check-data``).
+
+Both check what the datalist declares: in a ``"modality": "CT"`` datalist every image must look
+like CT in Hounsfield units (:func:`~s2s2_monai.data.modality.check_modality_range`: an MR volume
+is refused, naming the file), and :func:`iter_cases` refuses a section listing one image twice,
+or a training/validation section holding a test image
+(:meth:`~s2s2_monai.data.datalist.Datalist.require_distinct`). An ``"MRI"`` datalist is not
+range-checked: MR intensities have no physical unit to check, and CT phantoms stand in for MRI in
+tests (``s2s2 predict`` checks both directions against the model's modality).
 """
 
 from __future__ import annotations
@@ -31,10 +39,35 @@ def as_datalist(datalist: Datalist | str | os.PathLike, data_root: str | os.Path
     return datalist if isinstance(datalist, Datalist) else load_datalist(datalist, data_root)
 
 
+def _modality_check(dl: Datalist) -> Callable | None:
+    """``check_image`` for :func:`load_case`: raw CT images must look like CT (``None`` for MRI datalists)."""
+    if dl.modality != "CT":
+        return None
+    from s2s2_monai.data.modality import check_modality_range
+
+    def check(raw, path) -> None:
+        check_modality_range(
+            raw,
+            "CT",
+            path,
+            expected_by=f'the datalist {dl.path} ("modality": "CT")',
+            fix='list it in a datalist with "modality": "MRI" (or convert the image to Hounsfield units)',
+        )
+
+    return check
+
+
 def load_entry(
-    dl: Datalist, entry: dict, transform: Callable | None = None, intensity: Callable | None = None
+    dl: Datalist,
+    entry: dict,
+    transform: Callable | None = None,
+    intensity: Callable | None = None,
+    check_modality: bool = True,
 ) -> CaseVolume:
-    """One datalist entry as a preprocessed :class:`CaseVolume` (see the module docstring)."""
+    """One datalist entry as a preprocessed :class:`CaseVolume` (see the module docstring).
+
+    ``check_modality``: refuse an image that does not fit the datalist's ``"modality": "CT"``.
+    """
     from s2s2_monai.transforms import RemapLabels, intensity_for
 
     if transform is None and intensity is None:
@@ -47,6 +80,7 @@ def load_entry(
         transform=transform,
         valid_label_ids=dl.valid_label_ids(),
         case_id=entry.get("case_id") or case_id_of(entry["image"]),
+        check_image=_modality_check(dl) if check_modality else None,
     )
 
 
@@ -59,9 +93,16 @@ def iter_cases(
     labelled_only: bool = False,
     progress: bool = False,
     desc: str | None = None,
+    check_modality: bool = True,
 ) -> Iterator[CaseVolume]:
-    """The preprocessed cases of ``section``, in datalist order (``labelled_only``: those with a label)."""
+    """The preprocessed cases of ``section``, in datalist order (``labelled_only``: those with a label).
+
+    Raises:
+        S2S2InputError: (before anything is loaded) an image listed twice in ``section``, or a
+            training/validation image that is a test image; then what :func:`load_entry` refuses.
+    """
     dl = as_datalist(datalist, data_root)
+    dl.require_distinct((section,))
     entries = [e for e in dl.items(section) if e.get("label") or not labelled_only]
     for entry in tqdm(entries, desc=desc or f"loading {section}", unit="case", disable=not progress):
-        yield load_entry(dl, entry, transform, intensity)
+        yield load_entry(dl, entry, transform, intensity, check_modality)

@@ -37,18 +37,30 @@ class CaseCheck:
 def check_datalist(datalist_path: str | os.PathLike, data_root: str | os.PathLike | None = None) -> list[CaseCheck]:
     """Load every entry of every section; one :class:`CaseCheck` per entry (errors caught per case).
 
+    Besides what loading checks (files, geometry, label ids, the datalist's modality), an entry
+    fails when its image is a test image (a training/validation entry) or the image of an earlier
+    entry of its section, compared by identity (:meth:`~s2s2_monai.data.datalist.Datalist.overlaps`):
+    what training and ``stack build`` refuse.
+
     Raises:
         S2S2InputError: the datalist itself is unusable (missing, invalid, empty).
     """
     dl = load_datalist(datalist_path, data_root)
+    overlaps: dict[tuple[str, int], list[str]] = {}
+    for o in dl.overlaps(SECTIONS):
+        overlaps.setdefault((o.section, o.index), []).append(o.describe())
     results = []
     for section in SECTIONS:
-        for entry in dl.items(section):
+        for i, entry in enumerate(dl.items(section)):
             cid = entry.get("case_id") or case_id_of(entry["image"])
+            listed = "; ".join(f"{entry['image']} {d}" for d in overlaps.get((section, i), []))
             try:
                 case = load_entry(dl, entry)  # MONAI is imported here, once the datalist itself is fine
             except S2S2InputError as exc:
-                results.append(CaseCheck(section, cid, False, problem=str(exc)))
+                results.append(CaseCheck(section, cid, False, problem="; ".join(filter(None, (str(exc), listed)))))
+                continue
+            if listed:
+                results.append(CaseCheck(section, cid, False, problem=listed))
                 continue
             labels = None if case.label is None else tuple(int(v) for v in np.unique(case.label))
             results.append(
@@ -104,8 +116,11 @@ def require_data(
         the datalist path.
 
     Raises:
-        S2S2InputError: missing datalist or files; the message names the first missing files and
-            says how to set ``dataset_dir`` or run the demo.
+        S2S2InputError: missing datalist or files (the message names the first missing files and
+            says how to set ``dataset_dir`` or run the demo); a training/validation image that is a
+            test image, or an image listed twice in one of ``sections`` (compared by identity:
+            resolved real path, then bytes; a duplicated training case would silently double its
+            weight), see :meth:`~s2s2_monai.data.datalist.Datalist.require_distinct`.
     """
     from s2s2_monai.data.datalist import load_datalist
 
@@ -137,15 +152,7 @@ def require_data(
                 f"{len(missing)} of {total} files listed in {os.path.normpath(datalist)} are missing (expected e.g. {shown})",
                 f"point dataset_dir at the folder holding them (add --dataset_dir /path/to/data to the command), or run the demo on phantom data: {demo_command}",
             )
-        for section in sections:
-            shared = dl.shared_images(section, "test") if section != "test" else []
-            if shared:
-                raise S2S2InputError(
-                    datalist,
-                    f"{len(shared)} {section} case(s) are also test cases (e.g. {shared[0]}): the test set would "
-                    f"{'train' if section == 'training' else 'select'} the model",
-                    f"remove them from {section!r} (hold out training cases for validation, or leave validation empty)",
-                )
+        dl.require_distinct(tuple(sections))  # by identity: real path, then bytes
     except S2S2InputError as exc:
         exit_or_raise(exc, exit_on_error)
     return str(datalist)

@@ -10,12 +10,20 @@ A datalist is ``{"training": [{"image": ..., "label": ...}, ...], "validation": 
 - ``"modality"``: ``"CT"`` / ``"MRI"`` (default: the label map's; a custom map's default is CT).
 
 :func:`datalist_label_map` reads only these keys (no entry paths, no file checks).
+
+Entries are compared by identity, never by spelling (:class:`FileIdentity`): ``sub/../img.nii.gz``,
+a symlink, an absolute path and a byte-identical copy are all the same image. A training or
+validation image that is a test image leaks the test set; an image listed twice in one section
+counts twice (a duplicated training case silently doubles its weight, a duplicated test case its
+weight in the reported means), so both are refused (:meth:`Datalist.require_distinct`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,9 +37,154 @@ from s2s2_monai.label_maps import (
     with_modality,
 )
 
-__all__ = ["Datalist", "load_datalist", "datalist_label_map"]
+__all__ = ["Datalist", "FileIdentity", "Overlap", "load_datalist", "datalist_label_map"]
 
 SECTIONS = ("training", "validation", "test")
+
+
+class FileIdentity:
+    """Which paths name the same image: same resolved real path, or the same bytes.
+
+    The real path (``os.path.realpath``: symlinks and ``..`` resolved) decides first. Different
+    real paths are the same image when their contents are byte-identical: a SHA-256 of the file,
+    or for a DICOM folder of its files (sorted digests of the non-hidden files, so names do not
+    matter). Reading is lazy and staged, each stage cached: sizes (a folder: its sorted file
+    sizes) first; only paths whose sizes collide have their head and tail sampled (1 MiB each,
+    64 KiB per file of a folder); only paths whose samples collide too are hashed in full. So a
+    dataset of distinct scans is not read twice, even uncompressed ones of one shape (equal
+    sizes). Missing or unreadable paths match by real path only.
+    """
+
+    #: bytes sampled at each end of a file (of each file of a folder)
+    SAMPLE = 1 << 20
+    FOLDER_SAMPLE = 1 << 16
+
+    def __init__(self) -> None:
+        self._size: dict[str, tuple | None] = {}
+        self._sample: dict[str, str | None] = {}
+        self._digest: dict[str, str | None] = {}
+
+    @staticmethod
+    def real(path: str | os.PathLike) -> str:
+        """The resolved real path."""
+        return os.path.realpath(os.fspath(path))
+
+    @staticmethod
+    def _folder_files(real: str) -> list[Path]:
+        return sorted(p for p in Path(real).iterdir() if p.is_file() and not p.name.startswith("."))
+
+    @staticmethod
+    def _hash_file(path: str | os.PathLike, sample: int | None = None) -> str:
+        """SHA-256 of the whole file, or of its first and last ``sample`` bytes."""
+        h = hashlib.sha256()
+        with open(path, "rb") as fh:
+            if sample is None:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(chunk)
+            else:
+                h.update(fh.read(sample))
+                size = os.fstat(fh.fileno()).st_size
+                fh.seek(max(size - sample, 0))
+                h.update(fh.read(sample))
+        return h.hexdigest()
+
+    def _cached(self, cache: dict, real: str, compute) -> object:
+        if real not in cache:
+            try:
+                cache[real] = compute(real)
+            except OSError:
+                cache[real] = None
+        return cache[real]
+
+    def size_key(self, real: str) -> tuple | None:
+        """What two identical contents must share: a file's size, a folder's sorted file sizes (``None``: absent)."""
+
+        def compute(r: str) -> tuple:
+            if os.path.isdir(r):
+                return ("folder", tuple(sorted(p.stat().st_size for p in self._folder_files(r))))
+            return ("file", os.stat(r).st_size)
+
+        return self._cached(self._size, real, compute)
+
+    def _content(self, real: str, sample: int | None) -> str:
+        if os.path.isdir(real):
+            parts = sorted(self._hash_file(p, sample) for p in self._folder_files(real))
+            return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+        return self._hash_file(real, sample)
+
+    def sample(self, real: str) -> str | None:
+        """SHA-256 of the head and tail of the content (``None``: unreadable)."""
+        size = self.FOLDER_SAMPLE if os.path.isdir(real) else self.SAMPLE
+        return self._cached(self._sample, real, lambda r: self._content(r, size))
+
+    def digest(self, real: str) -> str | None:
+        """SHA-256 of the content (``None``: unreadable)."""
+        return self._cached(self._digest, real, lambda r: self._content(r, None))
+
+    def _collide(self, reals, key) -> list[list[str]]:
+        """Groups (two or more) of ``reals`` sharing a non-``None`` ``key``."""
+        groups: dict[object, list[str]] = defaultdict(list)
+        for r in reals:
+            k = key(r)
+            if k is not None:
+                groups[k].append(r)
+        return [g for g in groups.values() if len(g) > 1]
+
+    def keys(self, paths: list[str]) -> list[tuple[str, str]]:
+        """``(identity, how)`` per path: equal identities name the same image.
+
+        ``how`` says why a path shares the identity of the first path that has it: ``""`` (spelled
+        the same), ``"the same file"`` (same real path) or ``"a byte-identical copy"``.
+        """
+        reals = [self.real(p) for p in paths]
+        canon = {r: r for r in reals}
+        for same_size in self._collide(dict.fromkeys(reals), self.size_key):
+            for same_sample in self._collide(same_size, self.sample):
+                first: dict[str, str] = {}
+                for r in same_sample:
+                    d = self.digest(r)
+                    if d is not None:
+                        canon[r] = first.setdefault(d, r)
+        out, first_path, first_real = [], {}, {}
+        for p, r in zip(paths, reals):
+            ident = canon[r]
+            if ident not in first_path:
+                first_path[ident], first_real[ident] = p, r
+                out.append((ident, ""))
+            elif first_path[ident] == p:
+                out.append((ident, ""))
+            else:
+                out.append((ident, "the same file" if first_real[ident] == r else "a byte-identical copy"))
+        return out
+
+
+@dataclass(frozen=True)
+class Overlap:
+    """One image listed where it must not be.
+
+    ``kind`` ``"duplicate"``: entry ``index`` of ``section`` is the image of entry ``other_index``
+    of the same section (its first listing); ``"leak"``: entry ``index`` of ``section`` (training or
+    validation) is test entry ``other_index``. ``how``: ``""``, ``"the same file"`` or ``"a byte-identical copy"``.
+    """
+
+    kind: str
+    section: str
+    index: int
+    path: str
+    other_section: str
+    other_index: int
+    other_path: str
+    how: str = ""
+
+    def describe(self) -> str:
+        """One phrase for a table row."""
+        via = f" ({self.how})" if self.how else ""
+        if self.kind == "leak":
+            return f"is test entry {self.other_index} {self.other_path}{via}: the test set would leak"
+        return (
+            f"same image as entry {self.other_index} of {self.section!r} {self.other_path}{via}: "
+            "a case listed twice counts twice"
+        )
 
 
 @dataclass
@@ -44,15 +197,93 @@ class Datalist:
     label_map: LabelMap | None = None
     label_remap: LabelRemap | None = None
     modality: str = "CT"
+    identity: FileIdentity = field(default_factory=FileIdentity, repr=False, compare=False)
 
     def items(self, section: str) -> list[dict]:
         """Entries of one section (``[]`` when the datalist lacks it)."""
         return self.sections.get(section, [])
 
+    def overlaps(self, sections=SECTIONS, test: str = "test") -> list[Overlap]:
+        """Images listed twice within one of ``sections``, and training/validation images that are test images.
+
+        Compared by identity (:class:`FileIdentity`), not by spelling. Duplicates come first (one
+        :class:`Overlap` per later listing, pointing at the first), then leaks, in datalist order.
+        """
+        found: list[Overlap] = []
+        for section in sections:
+            paths = [e["image"] for e in self.items(section)]
+            first: dict[str, int] = {}
+            for i, (ident, _) in enumerate(self.identity.keys(paths)):
+                if ident in first:
+                    j = first[ident]
+                    how = self.identity.keys([paths[j], paths[i]])[1][1]
+                    found.append(Overlap("duplicate", section, i, paths[i], section, j, paths[j], how))
+                else:
+                    first[ident] = i
+        for section in sections:
+            if section == test:
+                continue
+            mine = [e["image"] for e in self.items(section)]
+            theirs = [e["image"] for e in self.items(test)]
+            if not mine or not theirs:
+                continue
+            keys = self.identity.keys(theirs + mine)
+            where: dict[str, int] = {}
+            for j, (ident, _) in enumerate(keys[: len(theirs)]):
+                where.setdefault(ident, j)
+            for i, (ident, _) in enumerate(keys[len(theirs) :]):
+                if ident in where:
+                    j = where[ident]
+                    how = self.identity.keys([mine[i], theirs[j]])[1][1]
+                    found.append(Overlap("leak", section, i, mine[i], test, j, theirs[j], how))
+        return found
+
     def shared_images(self, section: str, other: str) -> list[str]:
-        """Image paths listed in both sections (a test case in training or validation leaks the test set)."""
-        theirs = {e["image"] for e in self.items(other)}
-        return [e["image"] for e in self.items(section) if e["image"] in theirs]
+        """Image paths of ``section`` that are images of ``other`` too (by identity: real path, then bytes).
+
+        A test case in training or validation leaks the test set.
+        """
+        return [o.path for o in self.overlaps((section,), test=other) if o.kind == "leak"]
+
+    def require_distinct(self, sections=SECTIONS, test: str = "test") -> None:
+        """Refuse a test image in training/validation, or an image listed twice in one of ``sections``.
+
+        A duplicate is refused rather than dropped: a duplicated training case silently doubles its
+        weight, a duplicated test case its weight in the reported means.
+
+        Raises:
+            S2S2InputError: one line naming the datalist, the entries and both paths.
+        """
+        found = self.overlaps(sections, test)
+        leaks = [o for o in found if o.kind == "leak"]
+        if leaks:
+            o = leaks[0]
+            n = sum(1 for x in leaks if x.section == o.section)
+            via = f" ({o.how})" if o.how else ""
+            raise S2S2InputError(
+                self.path,
+                f"{n} {o.section} case(s) are also test cases (e.g. {o.section} entry {o.index} {o.path} is test "
+                f"entry {o.other_index} {o.other_path}{via}): the test set would "
+                f"{'train' if o.section == 'training' else 'select'} the model",
+                f"remove them from {o.section!r} (hold out training cases for validation, or leave validation empty)",
+            )
+        dups = [o for o in found if o.kind == "duplicate"]
+        if dups:
+            o = dups[0]
+            group = sorted(
+                {o.other_index} | {x.index for x in dups if x.section == o.section and x.other_index == o.other_index}
+            )
+            times = "twice" if len(group) == 2 else f"{len(group)} times"
+            entries = ", ".join(map(str, group[:-1])) + f" and {group[-1]}"
+            via = f"; entry {o.index} {o.path} is {o.how}" if o.how else ""
+            weight = "its weight" if o.section == "training" else "its weight in the reported means"
+            raise S2S2InputError(
+                self.path,
+                f"{o.other_path} is listed {times} in {o.section!r} (entries {entries}{via}): "
+                f"a duplicated case silently doubles {weight}",
+                f"list each case once (remove entr{'y' if len(group) == 2 else 'ies'} "
+                f"{', '.join(map(str, group[1:]))} of {o.section!r})",
+            )
 
     def valid_label_ids(self) -> set[int]:
         """Ids allowed in the label *files* (before remapping)."""

@@ -25,39 +25,50 @@ MIN_AIR_FRACTION = 1e-3
 
 
 def check_modality_range(
-    image: np.ndarray | torch.Tensor, modality: str, path: str | os.PathLike | None = None
+    image: np.ndarray | torch.Tensor,
+    modality: str,
+    path: str | os.PathLike | None = None,
+    expected_by: str = "this model",
+    fix: str | None = None,
 ) -> float:
     """Raise unless the raw (not yet windowed) intensities look like ``modality``.
 
+    Used by ``s2s2 predict`` and the MONAI Label app (the model's modality), and by every datalist
+    reader (:func:`~s2s2_monai.data.cases.load_entry`: training, ``stack build``, ``check-data``)
+    for a ``"modality": "CT"`` datalist.
+
     Args:
         image: raw intensities, any shape.
-        modality: ``"CT"`` or ``"MRI"`` (the model's).
+        modality: ``"CT"`` or ``"MRI"`` (the model's, or the datalist's).
         path: named in the error.
+        expected_by: who expects ``modality``, as the message says it (``"this model"``, ``"datalist X"``).
+        fix: the error's fix (default: advice for a model's input).
 
     Returns:
         the fraction of voxels at or below :data:`AIR_HU`.
 
     Raises:
-        S2S2InputError: a CT model given a volume without air in HU (MRI, or CT not in HU), an
-            MRI model given a volume in HU.
+        S2S2InputError: CT expected and a volume without air in HU (MRI, or CT not in HU), MRI
+            expected and a volume in HU.
     """
     t = torch.as_tensor(image.as_tensor() if hasattr(image, "as_tensor") else image)
     if t.numel() == 0:
         raise S2S2InputError(path, "the volume is empty", "send a non-empty 3D image")
-    air = float((t <= AIR_HU).float().mean())
+    air = float(torch.count_nonzero(t <= AIR_HU)) / t.numel()  # a bool mask, no float copy of a big volume
     lo, hi = float(t.min()), float(t.max())
     kind = modality.upper()
     if kind == "CT" and air < MIN_AIR_FRACTION:
         raise S2S2InputError(
             path,
             f"intensities {lo:.4g}..{hi:.4g} do not look like CT in Hounsfield units "
-            f"({air:.2%} of voxels <= {AIR_HU:g} HU, need >= {MIN_AIR_FRACTION:.1%} air); this model expects CT",
-            "send a CT volume in HU (an MRI needs an MRI model; raw scanner values need RescaleSlope/Intercept applied)",
+            f"({air:.2%} of voxels <= {AIR_HU:g} HU, need >= {MIN_AIR_FRACTION:.1%} air); {expected_by} expects CT",
+            fix
+            or "send a CT volume in HU (an MRI needs an MRI model; raw scanner values need RescaleSlope/Intercept applied)",
         )
     if kind in ("MR", "MRI") and air >= MIN_AIR_FRACTION:
         raise S2S2InputError(
             path,
-            f"intensities {lo:.4g}..{hi:.4g} look like CT in Hounsfield units ({air:.2%} of voxels <= {AIR_HU:g}); this model expects MRI",
-            "send an MR volume, or use a CT model for CT",
+            f"intensities {lo:.4g}..{hi:.4g} look like CT in Hounsfield units ({air:.2%} of voxels <= {AIR_HU:g}); {expected_by} expects MRI",
+            fix or "send an MR volume, or use a CT model for CT",
         )
     return air

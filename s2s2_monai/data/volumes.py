@@ -5,12 +5,23 @@ Everything the project reads goes through :func:`load_volume`: MONAI's ``LoadIma
 UIDs), channel first, reoriented to RAS. The volume's affine is the RAS affine after
 reorientation; :func:`to_source_orientation` undoes the reorientation for writing outputs in
 the input file's own geometry.
+
+Geometry is checked before it is trusted (:func:`check_nifti_header`, :func:`check_slice_spacing`):
+
+- a NIfTI header without a usable voxel size (pixdim 0, NaN or inf) is refused
+  instead of being taken as 1 mm;
+- a NIfTI header declaring more than :func:`max_voxels` voxels (default :data:`MAX_VOXELS` =
+  2**31, 8 GiB as float32; ``S2S2_MAX_VOXELS`` overrides it), or more voxel data than the file
+  can hold, is refused from the header alone, before anything is allocated;
+- a DICOM series whose slice positions (``ImagePositionPatient`` along the slice normal) are not
+  evenly spaced (a slice missing in the middle) is refused: ITK would stack it on a uniform grid.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import math
 import os
 import warnings
 from dataclasses import dataclass
@@ -40,6 +51,10 @@ __all__ = [
     "write_prediction",
     "case_id_of",
     "check_same_grid",
+    "check_nifti_header",
+    "check_slice_spacing",
+    "max_voxels",
+    "MAX_VOXELS",
 ]
 
 #: Every volume is reoriented to this; axial slices run along the last axis (S).
@@ -47,6 +62,32 @@ CANONICAL_AXCODES = "RAS"
 
 _NIFTI_SUFFIXES = (".nii", ".nii.gz")
 _RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
+
+
+#: Default upper bound on the voxels of one volume read (2**31: 8 GiB as float32); see :func:`max_voxels`.
+MAX_VOXELS = 2**31
+#: deflate never compresses better than about 1032:1, so a .nii.gz of N bytes holds at most this many times N.
+_DEFLATE_MAX_RATIO = 1032
+#: slice gaps may differ from the median gap by this fraction (plus 1 µm) before a series counts as uneven.
+SLICE_GAP_TOLERANCE = 0.01
+
+
+def max_voxels() -> int:
+    """Largest volume (voxels) any reader accepts: ``$S2S2_MAX_VOXELS`` if set, else :data:`MAX_VOXELS`."""
+    raw = os.environ.get("S2S2_MAX_VOXELS", "").strip()
+    if not raw:
+        return MAX_VOXELS
+    try:
+        value = int(float(raw))
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise S2S2InputError(
+            "S2S2_MAX_VOXELS",
+            f"got {raw!r}, expected a whole number of voxels >= 1",
+            "unset it, or e.g. S2S2_MAX_VOXELS=4294967296",
+        )
+    return value
 
 
 def spacing_of(affine: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -83,6 +124,156 @@ def _existing(path: str | os.PathLike) -> Path:
     return path
 
 
+def _human_bytes(n: float) -> str:
+    """``n`` bytes as ``"3.91 KiB"`` / ``"100,583 GiB"``."""
+    if n < 1024:
+        return f"{int(n)} B"
+    for unit in ("KiB", "MiB", "GiB"):
+        n /= 1024
+        if n < 1024 or unit == "GiB":
+            break
+    return f"{n:.3g} {unit}" if n < 1000 else f"{n:,.0f} {unit}"
+
+
+def _raw_nifti_header(path: Path):
+    """The NIfTI-1/-2 header of ``path`` exactly as stored (nibabel's load would turn pixdim 0 into 1),
+    or ``None`` when it is no readable NIfTI header (the reader then reports the file as it always did)."""
+    try:
+        with nib.openers.ImageOpener(str(path)) as fh:
+            raw = fh.read(540)
+    except Exception:  # noqa: BLE001 - unreadable: the reader's own message follows
+        return None
+    for klass, size in ((nib.Nifti1Header, 348), (nib.Nifti2Header, 540)):
+        for order in ("<", ">"):
+            if len(raw) >= size and int(np.frombuffer(raw[:4], dtype=order + "i4")[0]) == size:
+                try:
+                    return klass(raw[:size], endianness=order, check=False)
+                except Exception:  # noqa: BLE001
+                    return None
+    return None
+
+
+def check_nifti_header(path: str | os.PathLike) -> None:
+    """Refuse, from the header alone, a NIfTI file whose geometry or size cannot be right.
+
+    Nothing is allocated: a damaged header declaring 30000^3 voxels is refused here, not as a
+    ``MemoryError``. A header that is no NIfTI at all is left to the reader (its message names the file).
+
+    Raises:
+        S2S2InputError: more than :func:`max_voxels` voxels; more voxel data than the file can hold
+            (uncompressed: its size past ``vox_offset``; ``.gz``: 1032 times its size, deflate's best
+            ratio); missing, zero or non-finite voxel spacing in pixdim (what ITK and MONAI's
+            NibabelReader take the voxel size from, whatever the sform says: a zero becomes 1 mm) or,
+            when ``sform_code`` > 0, in the sform.
+    """
+    path = Path(path)
+    hdr = _raw_nifti_header(path)
+    if hdr is None:
+        return
+    try:
+        shape = tuple(int(d) for d in hdr.get_data_shape())
+        itemsize = int(hdr.get_data_dtype().itemsize)
+        offset = int(hdr["vox_offset"])
+    except Exception:  # noqa: BLE001 - a header nibabel cannot interpret: the reader reports it
+        return
+    if not shape or min(shape) < 1:
+        return
+    voxels = math.prod(shape)
+    limit = max_voxels()
+    if voxels > limit:
+        raise S2S2InputError(
+            path,
+            f"header declares a volume of shape {shape} ({voxels} voxels, {_human_bytes(voxels * 4)} as float32), "
+            f"more than the limit of {limit} voxels",
+            "check the file (a damaged header declares absurd sizes); crop or downsample a genuinely larger volume, "
+            "or raise the limit with S2S2_MAX_VOXELS",
+        )
+    size = path.stat().st_size
+    gz = path.name.endswith(".gz")
+    room = size * _DEFLATE_MAX_RATIO if gz else size - offset
+    if voxels * itemsize > room:
+        raise S2S2InputError(
+            path,
+            f"header declares {shape} voxels of {hdr.get_data_dtype()} ({voxels * itemsize} bytes) but the "
+            f"{size}-byte file can hold at most {max(room, 0)} (a truncated file or a damaged header)",
+            "re-export or re-download it",
+        )
+    ndim = min(len(shape), 3)
+    checks = [("pixdim", np.abs(np.asarray(hdr["pixdim"][1 : 1 + ndim], dtype=np.float64)))]
+    if int(hdr["sform_code"]) > 0:
+        checks.append(("sform", spacing_of(hdr.get_sform())[:ndim]))
+    for source, spacing in checks:
+        if not (np.all(np.isfinite(spacing)) and np.all(spacing > 0)):
+            shown = ", ".join(f"{v:g}" for v in spacing)
+            raise S2S2InputError(
+                path,
+                f"voxel spacing ({shown}) mm of the header's {source} is missing, zero or not finite: the volume "
+                "has no size in mm (it would be read as 1 mm voxels)",
+                "write the scanner's voxel size into the header (pixdim and the qform/sform), e.g. re-save it with "
+                "nibabel or SimpleITK from the original scan",
+            )
+
+
+def _dicom_files(folder: Path) -> list[Path]:
+    """The files of a series folder, as the reader and the file count see them (hidden files skipped)."""
+    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+
+
+def check_slice_spacing(folder: str | os.PathLike, tolerance: float = SLICE_GAP_TOLERANCE) -> None:
+    """Refuse a DICOM series whose slices are not evenly spaced along the slice normal.
+
+    ITK stacks the slices on one uniform spacing whatever their positions, so a series with a
+    slice missing in the middle would load silently distorted. Reads ``ImagePositionPatient`` and
+    ``ImageOrientationPatient`` of every file (headers only, no pixels). A folder this cannot judge
+    is left to ITK and the file count of :func:`load_volume`: a file without a position (a single
+    multi-frame file, secondary captures, an unreadable file), several series or orientations.
+
+    Args:
+        folder: one DICOM series.
+        tolerance: allowed deviation of a gap from the median gap, as a fraction (plus 1 µm).
+
+    Raises:
+        S2S2InputError: uneven spacing, naming the slices (0-based, in the files' name order along
+            the slice normal) and their files.
+    """
+    import pydicom
+
+    folder = Path(folder)
+    tags = ["ImagePositionPatient", "ImageOrientationPatient", "SeriesInstanceUID"]
+    rows: list[tuple[str, np.ndarray, np.ndarray, str]] = []
+    for f in _dicom_files(folder):
+        try:
+            ds = pydicom.dcmread(f, stop_before_pixels=True, specific_tags=tags)
+            ipp = np.array([float(v) for v in ds.ImagePositionPatient])
+            iop = np.array([float(v) for v in ds.ImageOrientationPatient])
+        except Exception:  # noqa: BLE001 - no usable position: nothing to check against
+            return
+        if ipp.shape != (3,) or iop.shape != (6,) or not (np.isfinite(ipp).all() and np.isfinite(iop).all()):
+            return
+        rows.append((f.name, ipp, iop, str(ds.get("SeriesInstanceUID", ""))))
+    if len(rows) < 3 or len({uid for *_, uid in rows}) > 1:
+        return
+    if any(not np.allclose(iop, rows[0][2], atol=1e-4) for _, _, iop, _ in rows):
+        return
+    normal = np.cross(rows[0][2][:3], rows[0][2][3:])
+    positions = [(float(np.dot(normal, ipp)), name) for name, ipp, _, _ in rows]
+    reverse = positions[0][0] > positions[-1][0]  # number the slices in the files' order when it runs downwards
+    positions.sort(reverse=reverse)
+    gaps = np.abs(np.diff([z for z, _ in positions]))
+    median = float(np.median(gaps))
+    deviation = np.abs(gaps - median)
+    if float(deviation.max()) <= tolerance * median + 1e-3:
+        return
+    i = int(deviation.argmax())
+    raise S2S2InputError(
+        folder,
+        f"slice spacing varies from {round(float(gaps.min()), 3)} to {round(float(gaps.max()), 3)} mm between "
+        f"slices {i} and {i + 1} (files {positions[i][1]} and {positions[i + 1][1]} are {round(float(gaps[i]), 3)} mm "
+        f"apart, the other slices {round(median, 3)} mm: a slice is missing or out of place)",
+        "re-export the complete series, or resample it to even spacing and save it as NIfTI",
+    )
+
+
 def load_volume(path: str | os.PathLike, is_label: bool = False) -> MetaTensor:
     """Load a NIfTI file or a DICOM series folder as a (1, X, Y, Z) MetaTensor in RAS.
 
@@ -93,11 +284,15 @@ def load_volume(path: str | os.PathLike, is_label: bool = False) -> MetaTensor:
 
     Raises:
         S2S2InputError: missing, unreadable or truncated file, not a 3D volume, NaN/inf values,
-            non-integer labels.
+            non-integer labels, unusable geometry (:func:`check_nifti_header`, :func:`check_slice_spacing`).
     """
     path = _existing(path)
     if path.is_dir() and not any(p.is_file() for p in path.iterdir()):
         raise S2S2InputError(path, "folder holds no DICOM files", "point to a folder with the .dcm files of one series")
+    if path.is_file() and path.name.endswith(_NIFTI_SUFFIXES):
+        check_nifti_header(path)
+    elif path.is_dir():
+        check_slice_spacing(path)  # before ITK, which would stack the slices evenly (and warn on stderr)
     from monai.data import MetaTensor
     from monai.transforms import Orientation
 
@@ -115,7 +310,7 @@ def load_volume(path: str | os.PathLike, is_label: bool = False) -> MetaTensor:
             "re-export or re-download it; a truncated .nii.gz is the usual cause",
         ) from None
     if path.is_dir():
-        n_files = sum(1 for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+        n_files = len(_dicom_files(path))
         if n_files != arr.shape[-1]:
             raise S2S2InputError(
                 path,
@@ -362,6 +557,7 @@ def read_nifti_ras(path: str | os.PathLike, is_label: bool = False) -> tuple[np.
         raise S2S2InputError(
             path, "not a NIfTI file", "give a .nii or .nii.gz file (DICOM series go through load_volume)"
         )
+    check_nifti_header(path)
     try:
         img = nib.load(str(path))
         dataobj = img.dataobj

@@ -1,7 +1,8 @@
 """Write an evaluation report: ``metrics.csv``, ``summary.json``, ``report.html`` + ``figures/*.png``.
 
-Everything is first written into a temporary folder next to ``out_dir`` and moved into place only
-when complete, so an error never leaves a partial report. The HTML references its PNGs by
+Everything is first written into a temporary folder next to ``out_dir`` (:func:`~s2s2_monai.atomic.stage_dir`,
+which also removes what a killed earlier run left there) and moved into place only when complete, so an
+error never leaves a partial report; a read-only or full disk is one error naming ``out_dir``. The HTML references its PNGs by
 relative path (box plots per organ, overlays of the worst slices), so it opens offline.
 """
 
@@ -14,12 +15,12 @@ import math
 import os
 import platform
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from s2s2_monai.atomic import json_safe, publish, write_json
+from s2s2_monai.atomic import json_safe, publish, stage_dir, write_json
+from s2s2_monai.errors import file_system_errors
 from s2s2_monai.evaluation.compare import paired_comparison
 from s2s2_monai.evaluation.metric_table import MetricTable
 
@@ -266,11 +267,19 @@ def write_report(out_dir: str | os.PathLike, ev: MetricTable, n_boot: int = 1000
 
     Returns:
         The summary (as written to ``summary.json``).
+
+    Raises:
+        S2S2InputError: ``out_dir`` cannot be written (read-only, full, no permission); nothing is left.
     """
     out_dir = Path(out_dir)
     summary = json_safe(summarize(ev, n_boot=n_boot, seed=seed))
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp", dir=out_dir.parent))
+    with file_system_errors(out_dir):
+        _stage_and_publish(out_dir, ev, summary)
+    return summary
+
+
+def _stage_and_publish(out_dir: Path, ev: MetricTable, summary: dict) -> None:
+    tmp = stage_dir(out_dir)
     try:
         fig_dir = tmp / "figures"
         fig_dir.mkdir()
@@ -284,4 +293,3 @@ def write_report(out_dir: str | os.PathLike, ev: MetricTable, n_boot: int = 1000
         )  # html last: marks a complete report
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return summary

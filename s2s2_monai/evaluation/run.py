@@ -14,7 +14,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from s2s2_monai.errors import S2S2InputError
+from s2s2_monai.atomic import remove_stale_temp, require_writable
+from s2s2_monai.errors import S2S2InputError, file_system_errors
 from s2s2_monai.evaluation.metric_table import MetricTable
 from s2s2_monai.evaluation.metrics import DEFAULT_HD95
 from s2s2_monai.evaluation.report import write_report
@@ -76,6 +77,8 @@ def evaluate_folders(
 
     lm = get_label_map(label_map)
     match = match_cases(dict(pred_dirs), label_dir, allow_missing=allow_missing)
+    require_writable(out_dir, "--out")  # before the scoring, not after it
+    remove_stale_temp(out_dir)  # what a killed earlier run left beside out_dir
     for note in match.notes():
         print(note, file=sys.stderr, flush=True)
     pairs = match.pairs
@@ -136,12 +139,15 @@ def evaluate_datalist(
         )
     ev = model.metric_table()
     out_dir = Path(out_dir)
+    require_writable(out_dir, "--eval_dir")
     for case in model.cases(dl, section, progress=progress, desc=f"evaluating {section}"):
         pred = model.segment(case.image, device=device)
         if case.label is not None:
             ev.add(case.case_id, pred, case.label, case.spacing, method=method, image=case.image)
         if write_predictions:
-            write_prediction(pred, case.affine, case.source_affine, out_dir / "predictions" / f"{case.case_id}.nii.gz")
+            target = out_dir / "predictions" / f"{case.case_id}.nii.gz"
+            with file_system_errors(target.parent):  # a full or read-only disk: one line naming the folder
+                write_prediction(pred, case.affine, case.source_affine, target)
     if not ev.rows:
         raise S2S2InputError(
             dl.path,

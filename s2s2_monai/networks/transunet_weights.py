@@ -187,6 +187,17 @@ def _apply(
         raise S2S2InputError(
             path, f"{len(unknown)} unknown key(s), e.g. {unknown[:5]}", "pass strict=False to skip them"
         )
+    nonfinite = sorted(
+        k
+        for k in used
+        if torch.is_tensor(tensors[k]) and tensors[k].is_floating_point() and not bool(tensors[k].isfinite().all())
+    )
+    if nonfinite:
+        raise S2S2InputError(
+            path,
+            f"holds NaN/inf values in {len(nonfinite)} array(s) (first: {nonfinite[0]}); the file is damaged",
+            "download it again (or pass --pretrained_weights null to train from scratch)",
+        )
     params = dict(model.named_parameters())
     with torch.no_grad():
         for name, (key, transform) in plan.items():
@@ -216,7 +227,8 @@ def load_r50_vit_npz(model: nn.Module, path: str | Path, strict: bool = True) ->
         The names of the loaded parameters (all of ``model.transformer``).
 
     Raises:
-        S2S2InputError: unreadable file, missing/unknown keys or shapes that do not fit (names the file).
+        S2S2InputError: unreadable file, missing/unknown keys, NaN/inf values or shapes that do not fit (names
+            the file).
     """
     path = Path(path)
     try:
@@ -263,7 +275,7 @@ def load_pretrained(network: nn.Module, path: str | Path | None, exit_on_error: 
     a missing file stops with the address to fetch it from and the explicit way to train from scratch.
 
     Raises:
-        S2S2InputError: missing or unreadable file, or a network that is not a TransUNet.
+        S2S2InputError: missing or unreadable file, NaN/inf values in it, or a network that is not a TransUNet.
     """
     from s2s2_monai.errors import exit_or_raise
     from s2s2_monai.networks.transunet import TransUNet

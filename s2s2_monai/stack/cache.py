@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from s2s2_monai.atomic import write_bytes
-from s2s2_monai.errors import S2S2InputError
+from s2s2_monai.errors import S2S2InputError, file_system_errors
 
 __all__ = [
     "StackCache",
@@ -241,8 +241,13 @@ class StackCache:
     def write_manifest(self, manifest: dict) -> None:
         """Write the manifest atomically (adds the ``format`` field)."""
         manifest = {**manifest, "format": FORMAT}
-        atomic_write_bytes(self.manifest_path, (json.dumps(manifest, sort_keys=True, indent=1) + "\n").encode())
+        self._write(self.manifest_path, (json.dumps(manifest, sort_keys=True, indent=1) + "\n").encode())
         self._manifest = manifest
+
+    def _write(self, path: Path, data: bytes, fault: str | None = None) -> None:
+        """:func:`atomic_write_bytes`; a read-only, full or forbidden folder is one error naming the stack folder."""
+        with file_system_errors(self.root):
+            atomic_write_bytes(path, data, fault=fault)
 
     # ---------------------------------------------------------------- entries
     def entry_path(self, key: str) -> Path:
@@ -280,7 +285,7 @@ class StackCache:
         hbytes = canonical_json(header).encode()
         blob = b"".join([MAGIC, _PREFIX.pack(len(hbytes)), hashlib.sha256(hbytes).digest(), hbytes, *chunks])
         path = self.entry_path(key)
-        atomic_write_bytes(path, blob, fault="tmp")
+        self._write(path, blob, fault="tmp")
         self._headers.pop(key, None)
         _fault_point("entry")
         return path

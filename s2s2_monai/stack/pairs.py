@@ -2,10 +2,13 @@
 
 For a slice of a :class:`~s2s2_monai.data.slices.SliceDataset`, the content key of its stack is
 recomputed from its mask, its prompt and the generator settings stored in the cache's manifest,
-one member is drawn uniformly with torch's global RNG (so ``monai.utils.set_determinism`` and
-DataLoader worker seeding control it), mapped from unit space back to the network's intensity
-space, and attached as ``image_stack`` *before* ``transform`` runs. A MONAI dictionary transform
-on ``keys=["image", "image_stack", "label"]`` thus applies the same random geometry to all three.
+one member is drawn uniformly (with the generator given to :meth:`StackPairDataset.pair`; by default
+torch's global RNG, so ``monai.utils.set_determinism`` and DataLoader worker seeding control it), mapped
+from unit space back to the network's intensity space, and attached as ``image_stack`` *before*
+``transform`` runs. A MONAI dictionary transform on ``keys=["image", "image_stack", "label"]`` thus
+applies the same random geometry to all three. Training draws the member of item ``i`` from a generator
+seeded per epoch and item (:class:`~s2s2_monai.training.datasets.TrainingDataset`), so a resumed run
+draws what an uninterrupted one does.
 """
 
 from __future__ import annotations
@@ -128,8 +131,12 @@ class StackPairDataset(Dataset):
         return key
 
     def __getitem__(self, i: int) -> dict:
+        return self.pair(i)
+
+    def pair(self, i: int, generator: torch.Generator | None = None) -> dict:
+        """Item ``i`` with its member drawn from ``generator`` (default torch's global RNG), after ``transform``."""
         item = self.slices.slice_item(i)
-        member = int(torch.randint(self.n, (1,)).item())
+        member = int(torch.randint(self.n, (1,), generator=generator).item())
         key = self.key_of(i)
         try:  # no separate existence check: the read itself says when the entry is missing
             x1 = self.cache.read_member(key, member)

@@ -2,7 +2,8 @@
 
 :class:`AtomicCheckpointSaver` writes MONAI/ignite checkpoints via a temporary file and a rename (a
 ``kill -9`` never leaves half a file); :class:`ResumeCheckpointLoader` restores network, optimizer,
-scheduler and the trainer's own state from the newest ``checkpoint_epoch=N.pt`` it can read;
+scheduler and the trainer's own state from the newest ``checkpoint_epoch=N.pt`` it can read (and finite),
+and seeds every epoch from ``(seed, rank, epoch)`` so that the resumed run is the uninterrupted one;
 :class:`ModelSaver` writes ``models/model.pt`` (the weights evaluation uses) and ``models/model.json``
 (which weights they are: the last epoch, or the best epoch on the validation section).
 """
@@ -75,29 +76,50 @@ class ResumeCheckpointLoader(CheckpointLoader):
     Put the network, optimizer and lr scheduler in ``load_dict``; the engine it is attached to (the
     trainer) is restored under ``engine_key`` (as saved by :class:`AtomicCheckpointSaver` with the
     same key): a run killed at any moment continues after its last completed epoch. A checkpoint
-    that cannot be read (truncated, damaged) is moved aside to ``NAME.corrupt`` with one warning and
-    the next newest is used (:func:`s2s2_monai.checkpoints.newest_readable`); none left: from scratch.
+    that cannot be read (truncated, damaged) or whose network / optimizer tensors hold NaN/inf is moved
+    aside to ``NAME.corrupt`` with one warning and the next newest is used
+    (:func:`s2s2_monai.checkpoints.newest_readable`); none left: from scratch.
+
+    With ``seed``, the trainer's random states are re-derived at the start of every epoch from
+    ``(seed, rank, epoch)`` (:class:`~s2s2_monai.training.seeding.EpochSeeding`; global generators, shuffle,
+    worker seeds, stack members, MONAI transforms, the trainer's own generators), so a resumed run ends with
+    the weights of an uninterrupted one; the seed is recorded in the trainer's state, and resuming a
+    checkpoint written with another seed is reported.
 
     Args:
         ckpt_dir: folder of the interval checkpoints.
         load_dict: objects to restore.
         engine_key: key of the engine's own state (``None``: do not restore the engine).
+        seed: the run's base seed (the bundle's ``seed``); ``None``: no per-epoch seeding.
         kwargs: other :class:`~monai.handlers.CheckpointLoader` arguments (``map_location``, ``strict``).
     """
 
     def __init__(
-        self, ckpt_dir: str | os.PathLike, load_dict: dict, engine_key: str | None = "trainer", **kwargs: Any
+        self,
+        ckpt_dir: str | os.PathLike,
+        load_dict: dict,
+        engine_key: str | None = "trainer",
+        seed: int | None = None,
+        **kwargs: Any,
     ) -> None:
         super().__init__(load_path=str(ckpt_dir), load_dict=dict(load_dict), **kwargs)
         self.ckpt_dir = str(ckpt_dir)
         self.engine_key = engine_key
+        self.seed = None if seed is None else int(seed)
         self.found: str | None = None
 
     def attach(self, engine) -> None:
-        from s2s2_monai.checkpoints import newest_readable, numbered_checkpoints, torch_load
+        from s2s2_monai.checkpoints import newest_readable, numbered_checkpoints, require_finite, torch_load
+
+        if self.seed is not None:
+            from s2s2_monai.training.seeding import EpochSeeding
+
+            EpochSeeding(self.seed).attach(engine)
 
         def full_read(path):  # finds damage anywhere in the file; MONAI's __call__ then reads the good one again
-            torch_load(path, "cpu")
+            state = torch_load(path, "cpu")
+            if isinstance(state, dict):  # NaN/inf weights or optimizer state: diverged or damaged, as unreadable
+                require_finite({k: state[k] for k in self.load_dict if k in state and k != self.engine_key})
 
         readable = newest_readable(numbered_checkpoints(self.ckpt_dir), full_read)
         if readable is None:

@@ -18,10 +18,24 @@ baseline, identical to ``SupervisedTrainer``.
 
 Extra keys in ``engine.state.output``: ``pred_stack`` (prediction of x1), ``loss_seg`` and
 ``loss_seg_stack`` (detached terms), plus ``loss_<name>`` from each consistency handler.
+
+**Divergence stops the run.** A non-finite total loss (checked after LOSS_COMPLETED, before the backward
+pass and the optimizer step) raises an :class:`~s2s2_monai.errors.S2S2InputError` naming the epoch, the
+iteration and every term (``error: training loss is nan at epoch 3, iteration 17 of 40 (loss_seg nan, ...)``,
+exit 2 under the bundles' excepthook); after the last step of each epoch the weights are checked finite too.
+Nothing is saved from the diverged state: the error leaves the engine before EPOCH_COMPLETED and COMPLETED,
+where the checkpoint and ``model.pt`` are written.
+
+**Resume.** The trainer's checkpointed state (``state_dict``) carries, besides ignite's counters, the
+seeding record of :class:`~s2s2_monai.training.seeding.EpochSeeding` (``seeding``) and the AMP
+``GradScaler`` state (``amp_scaler``): plain numbers, loadable with ``weights_only=True``.
 """
 
 from __future__ import annotations
 
+import logging
+import math
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -30,13 +44,33 @@ from monai.engines import SupervisedTrainer
 from monai.engines.utils import IterationEvents, PrepareBatch, default_prepare_batch
 from monai.utils import CommonKeys as Keys
 
-from s2s2_monai.errors import input_error_in
+from s2s2_monai.errors import S2S2InputError, user_error_in
 
 __all__ = ["PairedTrainer", "PrepareStackBatch", "S2S2Trainer", "STACK_KEY", "PRED_STACK_KEY"]
 
 #: batch key of the stack member x1 and output key of its prediction
 STACK_KEY = "image_stack"
 PRED_STACK_KEY = "pred_stack"
+
+#: how to get out of a diverged training run
+DIVERGED_FIX = "lower --learning_rate, check the data (s2s2 check-data) or resume from an earlier checkpoint"
+
+logger = logging.getLogger(__name__)
+
+
+def _drop_user_error_echo(record: logging.LogRecord) -> bool:
+    """Logging filter: ignite logs an exception it is about to re-raise ("... terminating due to exception: ...");
+    for bad input the one ``error:`` line printed at the top says it, so the echo is dropped."""
+    return not ("terminating due to exception" in record.getMessage() and user_error_in(sys.exc_info()[1]))
+
+
+def _format_terms(out: Mapping) -> str:
+    terms = []
+    for k, v in out.items():
+        k = str(k)
+        if k.startswith("loss_") and isinstance(v, torch.Tensor) and v.numel() == 1:
+            terms.append(f"{k} {float(v):.4g}")
+    return ", ".join(terms)
 
 
 class PrepareStackBatch(PrepareBatch):
@@ -70,16 +104,93 @@ class PairedTrainer(SupervisedTrainer):
 
     def __init__(self, *args: Any, stack_key: str = STACK_KEY, use_stack: bool = True, **kwargs: Any) -> None:
         kwargs.setdefault("prepare_batch", PrepareStackBatch(stack_key))
+        self.seeding: dict | None = None  # set by EpochSeeding.attach (the bundles' resume handler)
         super().__init__(*args, **kwargs)
         self.stack_key = stack_key
         self.use_stack = bool(use_stack)
+        if _drop_user_error_echo not in self.logger.filters:
+            self.logger.addFilter(_drop_user_error_echo)
 
     def _handle_exception(self, e: BaseException) -> None:
-        """Bad input (an :class:`~s2s2_monai.errors.S2S2InputError` behind ``e``) stops the run with its
-        one-line message; MONAI's handlers would log a traceback first."""
-        if input_error_in(e) is not None:
+        """Bad input (an :class:`~s2s2_monai.errors.S2S2InputError` or a file-system refusal behind ``e``)
+        stops the run with its one-line message; MONAI's handlers would log a traceback first."""
+        if user_error_in(e) is not None:
             raise e
         super()._handle_exception(e)
+
+    def reseed(self, seed: int) -> None:
+        """Re-seed the trainer's own generators at the start of an epoch (called by
+        :class:`~s2s2_monai.training.seeding.EpochSeeding`); the global ones are seeded already."""
+
+    def state_dict(self):
+        """Ignite's state plus ``seeding`` (the seed record) and ``amp_scaler`` (the ``GradScaler`` state)."""
+        state = super().state_dict()
+        if self.seeding is not None:
+            state["seeding"] = dict(self.seeding)
+        if getattr(self, "scaler", None) is not None:
+            state["amp_scaler"] = self.scaler.state_dict()
+        return state
+
+    def load_state_dict(self, state_dict: Mapping) -> None:
+        """Ignite's ``load_state_dict``; restores the ``GradScaler`` and warns when the checkpoint was written
+        with another seed (or before checkpoints recorded one): the resumed run then differs from an
+        uninterrupted one."""
+        state = dict(state_dict)
+        seeding, scaler = state.pop("seeding", None), state.pop("amp_scaler", None)
+        super().load_state_dict(state)
+        if scaler and getattr(self, "scaler", None) is not None:
+            self.scaler.load_state_dict(scaler)
+        if self.seeding is None:
+            return
+        if seeding is None:
+            logger.warning(
+                "the checkpoint records no seed (written by an older version): resuming with seed %s; the result "
+                "differs from an uninterrupted run",
+                self.seeding.get("seed"),
+            )
+        elif any(seeding.get(k) != self.seeding.get(k) for k in ("seed", "rank", "scheme")):
+            logger.warning(
+                "the checkpoint was written with seed %s (rank %s), this run has seed %s (rank %s): resuming with "
+                "seed %s; the result is neither run's uninterrupted result",
+                seeding.get("seed"),
+                seeding.get("rank"),
+                self.seeding.get("seed"),
+                self.seeding.get("rank"),
+                self.seeding.get("seed"),
+            )
+
+    def _where(self, engine: PairedTrainer) -> str:
+        length = engine.state.epoch_length
+        if not length:
+            return f"epoch {engine.state.epoch}, iteration {engine.state.iteration}"
+        return f"epoch {engine.state.epoch}, iteration {(engine.state.iteration - 1) % length + 1} of {length}"
+
+    def _check_loss(self, engine: PairedTrainer, out: Mapping) -> None:
+        """Stop the run (one ``error:`` line) when the total loss is NaN/inf, naming epoch, iteration and terms."""
+        loss = out[Keys.LOSS]
+        value = float(loss.detach().float().sum()) if isinstance(loss, torch.Tensor) else float(loss)
+        if math.isfinite(value):
+            return
+        terms = _format_terms(out)
+        raise S2S2InputError(
+            None,
+            f"training loss is {value} at {self._where(engine)}" + (f" ({terms})" if terms else ""),
+            DIVERGED_FIX,
+        )
+
+    def _check_weights(self, engine: PairedTrainer) -> None:
+        """Stop the run when the step left NaN/inf weights (before the epoch's checkpoint is written)."""
+        from s2s2_monai.checkpoints import nonfinite_tensors
+        from s2s2_monai.networks.wrappers import unwrap_network
+
+        bad = nonfinite_tensors(unwrap_network(engine.network).state_dict())
+        if bad:
+            raise S2S2InputError(
+                None,
+                f"training diverged at {self._where(engine)}: the optimizer step left NaN/inf in {len(bad)} weight "
+                f"tensor(s) (first: {bad[0]})",
+                DIVERGED_FIX,
+            )
 
     def forward(
         self, engine: PairedTrainer, x0: torch.Tensor, x1: torch.Tensor | None, args: tuple, kwargs: dict
@@ -131,6 +242,7 @@ class PairedTrainer(SupervisedTrainer):
                 compute()
         else:
             compute()
+        self._check_loss(engine, out)  # before backward and step: a diverged loss never reaches the weights
         loss = out[Keys.LOSS] / acc if acc > 1 else out[Keys.LOSS]  # read after LOSS_COMPLETED: handlers add terms
         (scaler.scale(loss) if scaler is not None else loss).backward()
         engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
@@ -140,6 +252,8 @@ class PairedTrainer(SupervisedTrainer):
                 scaler.update()
             else:
                 engine.optimizer.step()
+        if engine.state.epoch_length is not None and local + 1 == engine.state.epoch_length:
+            self._check_weights(engine)  # the epoch's checkpoint is written next
         engine.fire_event(IterationEvents.MODEL_COMPLETED)
         return out
 
