@@ -99,6 +99,7 @@ def _tiny_sets(tiny_demo: Path) -> list[str]:
         "val_interval": 1,
         "stack_n": 2,
         "stack_generator": "appearance",
+        "stack_dir": "$@output_dir + '/stack_' + @stack_generator",  # under OUT, not the working folder
         "network_name": "basic_unet",
         "networks#basic_unet#features": [4, 4, 8, 8, 16, 4],
         "amp": False,

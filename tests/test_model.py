@@ -54,7 +54,7 @@ def trained(tiny_demo, tmp_path_factory):
     from monai.bundle import ConfigWorkflow
 
     root = tmp_path_factory.mktemp("model")
-    overlay = _overlay(root / "tiny.json", tiny_demo, root / "run")
+    overlay = _overlay(root / "tiny.json", tiny_demo, root / "run", stack_qc=True)  # QC bounds follow the window
     configs = [str(BUNDLE / "train.json"), str(overlay)]
     wf = ConfigWorkflow(config_file=configs, logging_file=False, workflow_type="train", hu_window=WINDOW)
     wf.initialize()

@@ -51,10 +51,12 @@ def test_label_stays_aligned_with_the_image_through_the_training_resize(source):
         {
             "t": resize,
             "image_resize_mode": "bicubic",
+            "stack_resize_mode": "nearest",
             "input_size": [224, 224],
             "train": {"keys": ["image", "image_stack", "label"]},
         }
     ).get_parsed_content("t")
+    assert [m for m in transform.mode] == ["bicubic", "nearest-exact", "nearest-exact"]  # stack members: order 0
     rng = np.random.default_rng(0)
     offsets = []
     for _ in range(60):
@@ -323,3 +325,169 @@ def test_cli_refuses_a_rebuild_with_other_settings_keeps_the_digest_and_replace_
     assert main([*base, "--n", "3", "--replace"]) == 0
     info = StackCache(stack).info()
     assert info["complete"] and info["orphans"] == 0 and info["digest"] != digest
+
+
+# ---------------------------------------------------------------- every deviation from the paper is a named setting
+
+
+def test_bundle_trains_in_fp32_and_builds_the_papers_stack_by_default():
+    """The reference trains in fp32, filters no stack member, resizes generated images with order 0 and samples
+    in fp32: so do the bundle's defaults; each alternative is a named setting."""
+    parser = _parser()
+    assert parser.get_parsed_content("amp") is False  # was "$torch.cuda.is_available()": fp16 AMP on CUDA
+    assert parser["train"]["trainer"]["amp"] == parser["validate"]["evaluator"]["amp"] == "@amp"
+    assert _parser(amp=True).get_parsed_content("amp") is True  # --amp True
+    assert parser.get_parsed_content("stack_qc") is False
+    assert parser.get_parsed_content("stack_resize_mode") == "nearest"
+    assert parser.get_parsed_content("stack_dtype") == "float32"
+    ensure = next(step for step in parser["initialize"] if "ensure_stack(" in step)
+    for arg in ("qc=@stack_qc", "resize_mode=@stack_resize_mode", "dtype=@stack_dtype", "resolution=@stack_resolution"):
+        assert arg in ensure, arg
+
+
+def test_controlnet_fine_tuning_defaults_to_fp32():
+    from s2s2_monai.stack.finetune import ControlNetTrainConfig
+
+    assert ControlNetTrainConfig().mixed_precision is False  # the reference: pl.Trainer(precision=32)
+    assert ControlNetTrainConfig(mixed_precision=True).mixed_precision is True
+
+
+@pytest.mark.parametrize("size", [(48, 48), (40, 36), (7, 9)])
+def test_member_resize_nearest_keeps_only_generated_values(size):
+    """Order 0 (the reference's ``zoom(gen_image, ..., order=0)``): a generated image resized back to the slice
+    grid holds only values of the generated image; bicubic and bilinear make new ones; bilinear is the former
+    conversion bit for bit."""
+    from s2s2_monai.stack.conditioning import resize_images
+    from s2s2_monai.stack.diffusion import resize_members
+
+    generated = torch.rand(2, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    present = set(generated.flatten().tolist())
+    nearest = resize_members(generated, size)  # the default
+    assert nearest.shape[-2:] == size and set(nearest.flatten().tolist()) <= present
+    assert torch.equal(nearest, resize_members(generated, size, "nearest"))
+    for mode in ("bicubic", "bilinear"):
+        other = resize_members(generated, size, mode)
+        assert other.shape[-2:] == size and 0.0 <= float(other.min()) and float(other.max()) <= 1.0
+        assert not set(other.flatten().tolist()) <= present, mode
+    assert torch.equal(resize_members(generated, size, "bilinear"), resize_images(generated, size).clamp(0, 1))
+    assert resize_members(generated, (16, 16), "bicubic") is generated  # the generation grid is the slice grid
+    with pytest.raises(S2S2InputError, match="resize_mode: got 'cubic'"):
+        resize_members(generated, size, "cubic")
+
+
+def test_member_resize_mode_is_recorded_and_bilinear_keeps_former_stacks():
+    from s2s2_monai.stack.diffusion import RESIZE_MODES, _render_version, resize_mode_of
+
+    assert _render_version("bilinear") == "voc-palette/nearest-exact/rgb-mean/bilinear-v1"  # the string stacks hold
+    assert len({_render_version(m) for m in RESIZE_MODES}) == len(RESIZE_MODES)
+    for mode in RESIZE_MODES:
+        assert resize_mode_of({"render": _render_version(mode)}) == mode
+    assert resize_mode_of({"render": "something-else"}) is None and resize_mode_of({}) is None
+
+
+def _blocky(members: np.ndarray, factor: int) -> bool:
+    """Every ``factor x factor`` block of every member holds one value (an order-0 upsampling by ``factor``)."""
+    m = members.reshape(*members.shape[:-2], members.shape[-2] // factor, factor, members.shape[-1] // factor, factor)
+    return bool((m == m[..., :1, :, :1]).all())
+
+
+def test_diffusion_stack_resizes_members_order0_by_default_and_bicubic_by_name(tiny_demo, tiny_sd, tmp_path, capsys):
+    """16 px generation, 48 px slices: the default stack's members are 3 x 3 blocks (order 0) and its manifest
+    records the mode and float32; ``bicubic`` is another stack (refused in the same folder, recorded when
+    built), and training refuses a stack of another resize mode even where it cannot build one."""
+    from s2s2_monai.cli import main
+    from s2s2_monai.stack.build import build_stack, ensure_stack
+    from s2s2_monai.stack.cache import StackCache
+    from s2s2_monai.stack.diffusion import resize_mode_of
+
+    sd, cn = tiny_sd
+    stack = tmp_path / "stack"
+    args = dict(generator="diffusion", sd_dir=sd, controlnet_dir=cn, resolution=16, n=2, batch_size=8, progress=False)
+    build_stack(tiny_demo, stack, qc=False, contact_sheet=False, **args)
+    cache = StackCache(stack)
+    settings = cache.manifest["settings"]
+    assert resize_mode_of(settings) == "nearest" and settings["dtype"] == "float32" and cache.manifest["qc"] is None
+    keys = sorted({key for _, _, key in cache.manifest["slices"]})
+    members = np.stack([cache.read_member(k, m) for k in keys for m in range(2)])
+    assert members.shape[-2:] == (48, 48) and _blocky(members, 3) and len(np.unique(members)) > 8
+    digest = cache.info()["digest"]
+
+    with pytest.raises(
+        S2S2InputError, match=r"holds another stack \(settings\.render: .*nearest-exact-v1\" -> .*bicubic-v1"
+    ):
+        build_stack(tiny_demo, stack, qc=False, contact_sheet=False, resize_mode="bicubic", **args)
+    assert StackCache(stack).info()["digest"] == digest
+    # the training bundle's check, without the model folders here (a stack built elsewhere)
+    with pytest.raises(S2S2InputError, match=r"resize_mode='nearest'; this training asks for .*resize_mode='bicubic'"):
+        ensure_stack(tiny_demo, stack, generator="diffusion", n=2, seed=0, resize_mode="bicubic", sd_dir=None)
+    assert ensure_stack(tiny_demo, stack, generator="diffusion", n=2, seed=0, sd_dir=None) == str(stack)
+
+    base = ["stack", "build", "--datalist", str(tiny_demo), "--out", str(stack), "--generator", "diffusion"]
+    base += ["--sd-dir", str(sd), "--controlnet-dir", str(cn), "--resolution", "16", "--n", "2", "--no-qc"]
+    assert main([*base, "--no-progress"]) == 0 and StackCache(stack).info()["digest"] == digest  # reused
+    capsys.readouterr()
+    assert main([*base, "--no-progress", "--resize-mode", "bicubic", "--replace"]) == 0
+    cache = StackCache(stack)
+    assert resize_mode_of(cache.manifest["settings"]) == "bicubic"
+    new_keys = sorted({key for _, _, key in cache.manifest["slices"]})
+    assert not set(new_keys) & set(keys)  # the resize mode is part of every entry key
+    members = np.stack([cache.read_member(k, m) for k in new_keys for m in range(2)])
+    assert members.shape[-2:] == (48, 48) and not _blocky(members, 3)
+
+
+def test_diffusion_generation_is_fp32_unless_float16_is_named(tiny_sd, caplog):
+    from s2s2_monai.stack.diffusion import DiffusionGenerator
+
+    sd, cn = tiny_sd
+    gen = DiffusionGenerator(sd, cn, resolution=16, steps=2, progress=False)
+    assert gen.dtype == torch.float32 and gen.settings()["dtype"] == "float32" and gen.resize_mode == "nearest"
+    with caplog.at_level("WARNING"):
+        half = DiffusionGenerator(sd, cn, resolution=16, steps=2, progress=False, dtype="float16", device="cpu")
+    assert half.settings()["dtype"] == "float32" and "CUDA only" in caplog.text  # recorded as generated
+    with pytest.raises(S2S2InputError, match="dtype: got 'fp16'"):
+        DiffusionGenerator(sd, cn, resolution=16, steps=2, progress=False, dtype="fp16")
+
+
+def test_bundle_stack_has_no_qc_by_default_and_qc_is_another_stack(tiny_demo, tmp_path, capsys):
+    """The bundle's stack (ensure_stack's defaults) has no QC, as the paper; --stack_qc True asks for another
+    stack, which is refused in that folder (left untouched); the CLI's default (QC on) is refused too, and
+    ``--no-qc`` (the paper's) finds the bundle's stack complete."""
+    from s2s2_monai.cli import main
+    from s2s2_monai.stack.build import ensure_stack
+    from s2s2_monai.stack.cache import StackCache
+
+    stack = tmp_path / "stack"
+    assert ensure_stack(tiny_demo, stack, n=2, progress=False, contact_sheet=False) == str(stack)
+    info = StackCache(stack).info()
+    assert StackCache(stack).manifest["qc"] is None and info["qc_pass_rate"] is None
+    files = sorted((p.name, p.stat().st_mtime_ns) for p in stack.rglob("*"))
+    with pytest.raises(S2S2InputError, match=r"qc=False; this training asks for .*qc=True.*--stack_qc False"):
+        ensure_stack(tiny_demo, stack, n=2, qc=True, progress=False)
+    with pytest.raises(S2S2InputError, match=r"qc=False; this training asks .*qc=True"):
+        ensure_stack(tiny_demo, stack, n=2, qc=True, build_if_missing=False)
+    with pytest.raises(S2S2InputError, match=r"--stack_qc: got 'true', expected True or False"):
+        ensure_stack(tiny_demo, stack, n=2, qc="true")
+    with pytest.raises(S2S2InputError, match=r"--stack_resize_mode: got 'cubic'"):
+        ensure_stack(tiny_demo, stack, n=2, resize_mode="cubic")
+    with pytest.raises(S2S2InputError, match=r"--stack_dtype: got 'half'"):
+        ensure_stack(tiny_demo, stack, n=2, dtype="half")
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in stack.rglob("*")) == files
+
+    base = ["stack", "build", "--datalist", str(tiny_demo), "--out", str(stack), "--n", "2", "--no-progress"]
+    capsys.readouterr()
+    assert main(base) != 0 and "holds another stack (qc: null -> " in capsys.readouterr().err  # CLI: QC on
+    assert main([*base, "--no-qc"]) == 0 and StackCache(stack).info()["digest"] == info["digest"]
+    # with QC by name, a stack of its own: built, recorded, and reused by the bundle asking for it
+    qc_stack = tmp_path / "qc_stack"
+    assert ensure_stack(tiny_demo, qc_stack, n=2, qc=True, progress=False, contact_sheet=False) == str(qc_stack)
+    assert StackCache(qc_stack).manifest["qc"] is not None
+    assert StackCache(qc_stack).info()["qc_pass_rate"] is not None
+
+
+def test_missing_stack_hint_spells_out_the_papers_settings(tiny_demo, tmp_path):
+    from s2s2_monai.stack.build import ensure_stack
+
+    with pytest.raises(S2S2InputError, match=r"--generator appearance --n 2 --seed 0 --no-qc`"):
+        ensure_stack(tiny_demo, tmp_path / "none", n=2, build_if_missing=False)
+    with pytest.raises(S2S2InputError, match=r"--generator diffusion .* --no-qc --sd-dir SD --controlnet-dir CN "):
+        ensure_stack(tiny_demo, tmp_path / "none", generator="diffusion", n=2, build_if_missing=False)

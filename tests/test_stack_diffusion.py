@@ -567,7 +567,9 @@ def test_diffusion_generator_resizes_back_to_each_mask_grid(tiny, trained_contro
     from s2s2_monai.stack.diffusion import DiffusionGenerator
 
     sd, _ = tiny
-    gen = DiffusionGenerator(sd, trained_controlnet, resolution=RES, steps=3, batch_size=4, progress=False)
+    gen = DiffusionGenerator(
+        sd, trained_controlnet, resolution=RES, steps=3, batch_size=4, progress=False, resize_mode="bilinear"
+    )
     mask = _masks()[1:2]
     prompt = [build_prompt(mask[0], SYNAPSE)]
     native = gen.generate(mask, prompt, [5], n=2)  # (1, 2, 40, 36)

@@ -17,36 +17,67 @@ def _fmt(v, digits: int = 4) -> str:
     return "–" if v is None else f"{v:.{digits}f}"
 
 
-def _ci(d: Mapping | None) -> str:
+def _tag(d: Mapping | None) -> str | None:
+    """The interval's short name: ``95% CI``, ``range over seeds``, ``range over cases`` or ``single pair``."""
     if not d or d.get("mean") is None:
+        return None
+    interval = d.get("interval") or "bootstrap 95% CI"  # summaries written before the interval was named
+    if interval.startswith("bootstrap "):
+        return interval.removeprefix("bootstrap ").split(" over ")[0]
+    if interval.startswith("range over "):
+        return interval.split(" (")[0]
+    return "single pair"
+
+
+def _ci(d: Mapping | None, with_tag: bool = False) -> str:
+    """``+0.0200 [+0.0100, +0.0300] (3 seeds x 12 cases)``; ``with_tag`` names the interval in the cell too."""
+    tag = _tag(d)
+    if tag is None:
         return "–"
-    return f"{d['mean']:+.4f} [{d['ci_low']:+.4f}, {d['ci_high']:+.4f}]"
+    n_s, n_c = d.get("n_seeds"), d.get("n_cases")
+    n = f"{n_s} seed{'s' if n_s != 1 else ''} x {n_c} case{'s' if n_c != 1 else ''}" if n_s is not None else ""
+    if tag == "single pair":
+        return f"{d['mean']:+.4f} ({n}, no interval)" if n else f"{d['mean']:+.4f} (no interval)"
+    label = "; ".join(x for x in (tag if with_tag else "", n) if x)
+    return f"{d['mean']:+.4f} [{d['ci_low']:+.4f}, {d['ci_high']:+.4f}]" + (f" ({label})" if label else "")
+
+
+def _column(diffs: Sequence[Mapping | None]) -> tuple[str, list[str]]:
+    """Header bracket and cells of one difference column: the interval's name in the header when every
+    cell has the same kind, else ``95% CI or range`` and the kind in each cell."""
+    tags = {t for t in map(_tag, diffs) if t is not None}
+    if len(tags) <= 1:  # none: no baseline, every cell "–"
+        return next(iter(tags), "95% CI"), [_ci(d) for d in diffs]
+    bootstrap = [t for t in sorted(tags) if t.endswith(" CI")]
+    return f"{bootstrap[0] if bootstrap else 'interval'} or range", [_ci(d, with_tag=True) for d in diffs]
 
 
 def table_rows(summary: Mapping) -> tuple[list[str], list[list[str]]]:
     """Header and rows of the Table-6-style table: per arm, Dice (mean ± sd over seeds) and the paired
-    difference to the baseline [95 % CI] per domain, HD95 in-domain, and mCE."""
+    difference to the baseline per domain with its interval (95 % CI over seeds x cases, or the range with one
+    seed or one case: the header names which) and the seeds x cases it rests on, HD95 in-domain, and mCE."""
+    arms = summary["arms"]
     domains: list[str] = []
-    for entry in summary["arms"].values():
+    for entry in arms.values():
         domains += [d for d in entry["domains"] if d not in domains]
+    corrupted = any("corrupted" in e.get("robustness", {}) for e in arms.values())
+    columns: list[tuple[str, list[str], list[str]]] = []  # (name, Dice cells, [Δ header, *Δ cells])
+    for name, parts in [
+        *((d, [e["domains"].get(d, {}) for e in arms.values()]) for d in domains),
+        *([("corrupted", [e.get("robustness", {}).get("corrupted", {}) for e in arms.values()])] if corrupted else []),
+    ]:
+        dice = [f"{_fmt(p.get('dice', {}).get('mean'))} ± {_fmt(p.get('dice', {}).get('sd'))}" for p in parts]
+        bracket, cells = _column([p.get("dice_vs_baseline") for p in parts])
+        columns.append((name, dice, [f"{name} ΔDice vs baseline [{bracket}]", *cells]))
     header = ["arm"]
-    for d in domains:
-        header += [f"{d} Dice", f"{d} ΔDice vs baseline [95% CI]"]
-    corrupted = any("corrupted" in e.get("robustness", {}) for e in summary["arms"].values())
-    if corrupted:
-        header += ["corrupted Dice", "corrupted ΔDice vs baseline [95% CI]"]
+    for name, _, diff in columns:
+        header += [f"{name} Dice", diff[0]]
     header += ["test HD95 (mm)", "mCE", "relative mCE"]
     rows = []
-    for arm, entry in summary["arms"].items():
+    for i, (arm, entry) in enumerate(arms.items()):
         row = [arm]
-        for d in domains:
-            dd = entry["domains"].get(d, {})
-            dice = dd.get("dice", {})
-            row += [f"{_fmt(dice.get('mean'))} ± {_fmt(dice.get('sd'))}", _ci(dd.get("dice_vs_baseline"))]
-        if corrupted:
-            cd = entry.get("robustness", {}).get("corrupted", {})
-            dice = cd.get("dice", {})
-            row += [f"{_fmt(dice.get('mean'))} ± {_fmt(dice.get('sd'))}", _ci(cd.get("dice_vs_baseline"))]
+        for _, dice, diff in columns:
+            row += [dice[i], diff[i + 1]]
         hd = entry["domains"].get("test", {}).get("hd95_mm", {})
         row.append(f"{_fmt(hd.get('mean'), 2)} ± {_fmt(hd.get('sd'), 2)}")
         ce = entry.get("robustness", {}).get("corruption_error", {})
@@ -100,9 +131,12 @@ def _html(summary: Mapping) -> str:
         "<h1>S2S2 ablation</h1>",
         f"<p>{len(s.get('seeds', []))} seed(s) {e(str(s.get('seeds')))}, {e(str(s.get('max_epochs')))} epochs, network "
         f"{e(str(s.get('network_name')))}, model = last epoch. Dice: mean ± sd over seeds of the mean over cases of the "
-        "per-case mean over organs; Δ: paired difference to the baseline (same seed, same case), 95 % percentile "
-        "bootstrap CI resampling seeds and cases. Corrupted: the in-domain test cases under every corruption and "
-        "severity, a case's score being its mean over them. mCE: ImageNet-C corruption error relative to the baseline "
+        "per-case mean over organs; Δ: paired difference to the baseline (same seed, same case), in brackets "
+        "its interval, named in the column header: 95% CI = expanded percentile bootstrap resampling seeds and "
+        "case indices jointly (the same drawn cases under every drawn seed); with one case (per domain) the "
+        "range (min–max) of the differences over seeds, with one seed their range over cases: a range is not a "
+        "confidence interval. Beside each: the seeds x cases the difference rests on. Corrupted: the in-domain "
+        "test cases under every corruption and severity, a case's score being its mean over them. mCE: ImageNet-C corruption error relative to the baseline "
         "arm (below 1: fewer errors under corruption than the baseline).</p>",
         "<table><tr>" + "".join(f"<th>{e(h)}</th>" for h in header) + "</tr>",
     ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 __all__ = ["register"]
 
@@ -37,6 +38,15 @@ def _evaluate(args: argparse.Namespace) -> int:
         print(
             f"{name}: {res['num_cases']} cases, mean Dice {mean:.4f} ({s['protocol']}, HD95 {s['hd95_definition']}, {s['units']})"
         )
+    fmt = lambda v, spec="+.4f": "–" if v is None else format(v, spec)  # noqa: E731
+    for comp in summary["comparisons"]:  # the A/B statistics, n pairs beside the interval; few pairs: a warning
+        d = comp["overall"][dice_key]
+        print(
+            f"{comp['method']} vs {comp['baseline']}: ΔDice {fmt(d['mean_diff'])} [95% CI {fmt(d['ci_low'])}, "
+            f"{fmt(d['ci_high'])}], n={d['n']} pairs, Wilcoxon p {fmt(d['p_wilcoxon'], '.3g')}"
+        )
+        if comp.get("warning"):
+            print(f"warning: {comp['warning']}", file=sys.stderr)
     print(f"wrote {args.out}/metrics.csv, summary.json, report.html")
     return 0
 

@@ -21,7 +21,7 @@ import numpy as np
 
 from s2s2_monai.atomic import json_safe, publish, stage_dir, write_json
 from s2s2_monai.errors import file_system_errors
-from s2s2_monai.evaluation.compare import paired_comparison
+from s2s2_monai.evaluation.compare import few_pairs_warning, paired_comparison
 from s2s2_monai.evaluation.metric_table import MetricTable
 
 __all__ = ["summarize", "write_report", "REPORT_FILES"]
@@ -88,17 +88,19 @@ def summarize(ev: MetricTable, n_boot: int = 10000, seed: int = 0) -> dict:
             a, b = ev.values(base, key, class_id), ev.values(m, key, class_id)
             return paired_comparison([a[c] for c in cases], [b[c] for c in cases], n_boot=n_boot, seed=seed)
 
-        comparisons.append(
-            {
-                "baseline": base,
-                "method": m,
-                "difference": "method - baseline, paired over cases",
-                "ci": f"95% percentile bootstrap ({n_boot} resamples, seed {seed})",
-                "test": "Wilcoxon signed-rank, two-sided",
-                "per_class": {ev.class_names[c]: {k: paired(k, c) for k in keys} for c in ev.class_names},
-                "overall": {k: paired(k) for k in keys},
-            }
-        )
+        comp = {
+            "baseline": base,
+            "method": m,
+            "difference": "method - baseline, paired over cases",
+            "ci": f"95% percentile bootstrap ({n_boot} resamples, seed {seed})",
+            "test": "Wilcoxon signed-rank, two-sided",
+            "per_class": {ev.class_names[c]: {k: paired(k, c) for k in keys} for c in ev.class_names},
+            "overall": {k: paired(k) for k in keys},
+        }
+        comp["n_pairs"] = comp["overall"][keys[0]]["n"]
+        per_class_n = {n: min((r[k]["n"] for k in keys if r[k]["n"]), default=0) for n, r in comp["per_class"].items()}
+        comp["warning"] = few_pairs_warning(m, base, comp["n_pairs"], per_class_n)
+        comparisons.append(comp)
     return {"settings": ev.settings(), "methods": methods, "comparisons": comparisons, "versions": _versions()}
 
 
@@ -234,14 +236,21 @@ def _html(summary: dict, ev: MetricTable, boxes: list[str], overlays: list[tuple
                 parts.append(f"<td><b>{_fmt(ov[k])}</b></td><td></td>")
         parts.append("</tr></table>")
     for comp in summary["comparisons"]:
+        n_pairs = comp.get("n_pairs", comp["overall"][keys[0]]["n"])
         parts.append(
-            f"<h2>{e(comp['method'])} vs {e(comp['baseline'])}</h2><p>{e(comp['difference'])}; CI {e(comp['ci'])}; {e(comp['test'])}.</p>"
+            f"<h2>{e(comp['method'])} vs {e(comp['baseline'])} (n = {n_pairs} paired cases)</h2><p>{e(comp['difference'])}; "
+            f"CI {e(comp['ci'])}; {e(comp['test'])}; n: the pairs each difference rests on.</p>"
         )
-        parts.append("<table><tr><th>organ</th>" + "".join(f"<th>Δ {e(k)} [CI]</th><th>p</th>" for k in keys) + "</tr>")
+        if comp.get("warning"):
+            parts.append(f"<p style='color:#b00'><b>warning:</b> {e(comp['warning'])}</p>")
+        parts.append(
+            "<table><tr><th>organ</th>" + "".join(f"<th>Δ {e(k)} [95% CI] (n)</th><th>p</th>" for k in keys) + "</tr>"
+        )
         for name, per in [*comp["per_class"].items(), ("overall", comp["overall"])]:
             parts.append(f"<tr><td class='l'>{e(name)}</td>")
             parts += [
-                f"<td>{_fmt(per[k]['mean_diff'])} [{_fmt(per[k]['ci_low'])}, {_fmt(per[k]['ci_high'])}]</td><td>{_fmt(per[k]['p_wilcoxon'])}</td>"
+                f"<td>{_fmt(per[k]['mean_diff'])} [{_fmt(per[k]['ci_low'])}, {_fmt(per[k]['ci_high'])}] (n={per[k]['n']})</td>"
+                f"<td>{_fmt(per[k]['p_wilcoxon'])}</td>"
                 for k in keys
             ]
             parts.append("</tr>")

@@ -13,6 +13,10 @@ Properties:
 - **resumable**: entries already present and valid are skipped (so the build doubles as "ensure
   the stack exists"); corrupt ones are rebuilt; a ``kill -9`` at any moment leaves only whole
   entries (temp + fsync + rename), and re-running gives a bit-identical cache;
+- **paper-faithful by name**: the diffusion generator samples in float32 (``dtype``) and resizes its
+  images back to the slice grid with order 0 (``resize_mode="nearest"``), as the reference does; the QC
+  filter (not in the paper) is on here by default (``qc``, the CLI's ``--no-qc``) and off in the training
+  bundle (``stack_qc: false``, :func:`ensure_stack`'s default). Each is part of the stack's identity;
 - **distributed**: under ``torchrun`` (``RANK``/``WORLD_SIZE`` set), ``torch.distributed`` is
   initialised (gloo on CPU, nccl on GPU), rank r builds keys ``r::world_size`` of the sorted keys,
   and after a barrier rank 0 verifies that the cache is complete.
@@ -46,7 +50,7 @@ from s2s2_monai.stack.cache import (
 from s2s2_monai.stack.prompts import build_prompt
 from s2s2_monai.stack.quality import QualityBounds, check_and_regenerate
 
-__all__ = ["build_stack", "ensure_stack", "make_generator", "slice_jobs", "write_contact_sheet"]
+__all__ = ["build_command", "build_stack", "ensure_stack", "make_generator", "slice_jobs", "write_contact_sheet"]
 
 logger = logging.getLogger(__name__)
 
@@ -87,8 +91,15 @@ def make_generator(
     resolution: int | None = None,
     batch_size: int = 8,
     device: str | None = None,
+    resize_mode: str = "nearest",
+    dtype: str = "float32",
 ) -> StackGenerator:
-    """A generator by name (``"appearance"`` fitted on ``volumes``, or ``"diffusion"``) or as given."""
+    """A generator by name (``"appearance"`` fitted on ``volumes``, or ``"diffusion"``) or as given.
+
+    ``resolution``, ``resize_mode`` and ``dtype`` are the diffusion generator's (see
+    :class:`~s2s2_monai.stack.diffusion.DiffusionGenerator`); the appearance generator draws on the slice
+    grid in float32 and ignores them.
+    """
     if isinstance(generator, StackGenerator):
         return generator
     if generator == "appearance":
@@ -106,7 +117,14 @@ def make_generator(
 
         kwargs = {"resolution": int(resolution)} if resolution else {}
         return DiffusionGenerator(
-            sd_dir, controlnet_dir, batch_size=batch_size, device=device, label_map=volumes.datalist.label_map, **kwargs
+            sd_dir,
+            controlnet_dir,
+            batch_size=batch_size,
+            device=device,
+            label_map=volumes.datalist.label_map,
+            resize_mode=resize_mode,
+            dtype=dtype,
+            **kwargs,
         )
     raise S2S2InputError(None, f"unknown stack generator {generator!r}", "use 'appearance' or 'diffusion'")
 
@@ -210,6 +228,8 @@ def build_stack(
     contact_sheet: bool = True,
     replace: bool = False,
     preprocessing=None,
+    resize_mode: str = "nearest",
+    dtype: str = "float32",
 ) -> dict:
     """Build the stacks of every training slice of ``datalist`` into ``out_dir`` (see module doc).
 
@@ -223,7 +243,13 @@ def build_stack(
         batch_size: masks per ``generate`` call.
         resolution: generation resolution of the diffusion generator (images are stored at the
             slice's own grid whatever it is).
-        qc: learn per-organ bounds from the real images, regenerate failing members, record results.
+        qc: learn per-organ bounds from the real images, regenerate failing members, record results. Not in
+            the paper (which filters nothing): ``False`` is the paper's protocol, and the training bundle's
+            default (``stack_qc: false``); on by default here and in ``s2s2 stack build`` (``--no-qc``).
+        resize_mode: diffusion only: resize of a generated image (at ``resolution``) back to its slice's grid,
+            ``"nearest"`` (order 0, the paper's), ``"bilinear"`` (this project's former default) or ``"bicubic"``;
+            recorded in the manifest's generator settings. The appearance generator resizes nothing.
+        dtype: diffusion only: ``"float32"`` (the paper's) or ``"float16"`` (half precision on CUDA).
         verify_existing: check every member checksum of existing entries (else header + size only).
         contact_sheet: write ``out_dir/contact_sheet.png``.
         replace: rebuild a folder that holds a stack of other settings (its entries are deleted);
@@ -271,7 +297,9 @@ def build_stack(
             )
         _require_labels(volumes)
         device = f"cuda:{local_rank}" if world > 1 and _cuda() else None
-        gen = make_generator(generator, volumes, sd_dir, controlnet_dir, resolution, batch_size, device)
+        gen = make_generator(
+            generator, volumes, sd_dir, controlnet_dir, resolution, batch_size, device, resize_mode, dtype
+        )
         bounds = QualityBounds.fit_volumes(volumes) if qc else None
         spec = {
             "generator": gen.name,
@@ -470,20 +498,108 @@ def stack_differences(held: dict, wanted: dict) -> list[str]:
     return out
 
 
-def _check_stack_request(stack_dir: Path, generator, n, seed, build_if_missing, sd_dir, controlnet_dir) -> None:
-    """Refuse a cache built with other settings, and a diffusion build without its model folders."""
+#: bundle option of each stack setting (for the messages of :func:`ensure_stack`)
+_BUNDLE_OPTION = {
+    "generator": "--stack_generator",
+    "n": "--stack_n",
+    "seed": "--stack_seed",
+    "qc": "--stack_qc",
+    "resize_mode": "--stack_resize_mode",
+}
+
+
+def build_command(
+    datalist,
+    out,
+    generator: str = "appearance",
+    n: int = 16,
+    seed: int = 0,
+    qc: bool = True,
+    resize_mode: str | None = None,
+    dtype: str | None = None,
+    config: str | None = None,
+) -> str:
+    """The ``s2s2 stack build`` command line that builds (or completes) this stack: every stack setting spelled out.
+
+    ``qc`` false adds ``--no-qc`` (the CLI's QC is on by default); a diffusion stack adds its model folders
+    (``SD``/``CN`` placeholders), ``--resize-mode`` and ``--dtype`` (when known).
+    """
+    parts = ["s2s2 stack build", f"--datalist {_datalist_path(datalist)}"]
+    if config:
+        parts.append(f"--config {config}")
+    parts += [f"--out {out}", f"--generator {generator}", f"--n {int(n)}", f"--seed {int(seed)}"]
+    if not qc:
+        parts.append("--no-qc")
+    if generator == "diffusion":
+        parts.append("--sd-dir SD --controlnet-dir CN")
+        if resize_mode:
+            parts.append(f"--resize-mode {resize_mode}")
+        if dtype:
+            parts.append(f"--dtype {dtype}")
+    return " ".join(parts)
+
+
+def manifest_build_command(manifest: dict, datalist, out) -> str:
+    """:func:`build_command` for the stack a cache ``manifest`` describes (to complete or repair it)."""
+    from s2s2_monai.stack.diffusion import resize_mode_of
+
+    settings = manifest.get("settings") or {}
+    diffusion = manifest.get("generator") == "diffusion"
+    return build_command(
+        datalist,
+        out,
+        generator=manifest.get("generator", "appearance"),
+        n=manifest.get("n", 16),
+        seed=manifest.get("seed", 0),
+        qc=manifest.get("qc") is not None,
+        resize_mode=resize_mode_of(settings) if diffusion else None,
+        dtype=settings.get("dtype") if diffusion else None,
+    )
+
+
+def _check_stack_request(
+    stack_dir: Path,
+    generator,
+    n,
+    seed,
+    build_if_missing,
+    sd_dir,
+    controlnet_dir,
+    qc: bool = False,
+    resize_mode: str = "nearest",
+) -> None:
+    """Refuse a cache built with other settings, and a diffusion build without its model folders.
+
+    Compared here, without building anything: generator, n, seed, QC on/off and (diffusion) the resize mode.
+    The full generator settings (model digests, resolution, dtype, QC bounds) are compared by
+    :func:`build_stack` when the stack can be built here.
+    """
     manifest = stack_dir / "manifest.json"
     if manifest.is_file():
+        from s2s2_monai.stack.diffusion import resize_mode_of
+
         held = json.loads(manifest.read_text())
         recorded = {"generator": held.get("generator"), "n": held.get("n"), "seed": held.get("seed")}
         wanted = {"generator": generator, "n": int(n), "seed": int(seed)}
-        if recorded != wanted:
+        extra_held, extra_wanted = {"qc": held.get("qc") is not None}, {"qc": bool(qc)}
+        if generator == "diffusion" and held.get("generator") == "diffusion":
+            extra_held["resize_mode"] = resize_mode_of(held.get("settings") or {})
+            extra_wanted["resize_mode"] = resize_mode
+        differ = [k for k in extra_held if extra_held[k] != extra_wanted[k]]
+        if recorded != wanted or differ:
+            recorded.update({k: extra_held[k] for k in differ})
+            wanted.update({k: extra_wanted[k] for k in differ})
             show = lambda d: ", ".join(f"{k}={v!r}" for k, v in d.items())  # noqa: E731
+            back = " ".join(
+                f"{_BUNDLE_OPTION[k]} {recorded[k]}"
+                for k in recorded
+                if recorded[k] != wanted[k] and recorded[k] is not None
+            )
             raise S2S2InputError(
                 stack_dir,
                 f"holds a stack with {show(recorded)}; this training asks for {show(wanted)}",
                 "point stack_dir at another folder (e.g. --stack_dir runs/stacks/other), or set the config to the "
-                "stack's settings; the folder was left untouched",
+                f"stack's settings{f' ({back})' if back else ''}; the folder was left untouched",
             )
         return
     if generator == "diffusion" and build_if_missing:
@@ -494,6 +610,29 @@ def _check_stack_request(stack_dir: Path, generator, n, seed, build_if_missing, 
                 "the diffusion stack (the paper's) needs a Stable Diffusion 2.x folder and a fine-tuned ControlNet, not found",
                 "build them (`s2s2 controlnet train ...`, then --sd_dir DIR --controlnet_dir DIR, or `s2s2 stack build "
                 "--generator diffusion ...`), or choose the weight-free stack explicitly: --stack_generator appearance",
+            )
+
+
+def _check_stack_options(qc, resize_mode, dtype) -> None:
+    """The bundle's stack options, as python-fire hands them over (``--stack_qc true`` is the string 'true')."""
+    from s2s2_monai.stack.diffusion import DTYPES, RESIZE_MODES
+
+    if not isinstance(qc, bool):
+        raise S2S2InputError(
+            None,
+            f"--stack_qc: got {qc!r}, expected True or False",
+            "pass --stack_qc False (the paper's: no quality filter) or --stack_qc True (capitalised: python-fire "
+            "reads lower-case true/false as text)",
+        )
+    for option, value, choices in (
+        ("--stack_resize_mode", resize_mode, tuple(RESIZE_MODES)),
+        ("--stack_dtype", dtype, DTYPES),
+    ):
+        if not isinstance(value, str) or value not in choices:
+            raise S2S2InputError(
+                None,
+                f"{option}: got {value!r}, expected one of {', '.join(choices)}",
+                f"pass e.g. {option} {choices[0]} (the paper's)",
             )
 
 
@@ -516,6 +655,9 @@ def ensure_stack(
     controlnet_dir: str | os.PathLike | None = None,
     resolution: int | None = None,
     exit_on_error: bool = False,
+    qc: bool = False,
+    resize_mode: str = "nearest",
+    dtype: str = "float32",
     **build_kwargs: Any,
 ) -> str | None:
     """The stack cache folder for training (``None`` for the baseline), checked before the first step.
@@ -524,10 +666,16 @@ def ensure_stack(
     ``train#deterministic_transforms``, so the stack, its QC bounds and its appearance statistics see
     the intensities the network sees), or a datalist path (default preprocessing of its modality).
 
-    An existing cache must hold the stack the config asks for (generator, members, seed): another one
-    stops the run, naming both. With ``build_if_missing``, :func:`build_stack` completes the cache
-    (existing valid entries are skipped, so a complete cache costs one check); a diffusion stack then
-    needs the SD and ControlNet folders. Otherwise the cache must exist.
+    An existing cache must hold the stack the config asks for (generator, members, seed, QC on/off, the
+    diffusion resize mode): another one stops the run, naming both. With ``build_if_missing``,
+    :func:`build_stack` completes the cache (existing valid entries are skipped, so a complete cache costs
+    one check) and compares every generator setting; a diffusion stack then needs the SD and ControlNet
+    folders. Otherwise the cache must exist.
+
+    The defaults are the paper's (the bundle's ``stack_qc``, ``stack_resize_mode``, ``stack_dtype``):
+    ``qc=False`` (no quality filter; :func:`build_stack` and the CLI default to QC on),
+    ``resize_mode="nearest"`` (generated images back to the slice grid with order 0) and ``dtype="float32"``.
+    ``resize_mode`` and ``dtype`` are the diffusion generator's; the appearance generator ignores them.
 
     Raises:
         S2S2InputError: a cache of other settings, no cache and ``build_if_missing`` false, or a diffusion
@@ -543,17 +691,33 @@ def ensure_stack(
     held = stack_dir / "manifest.json"
     models_here = all(p is not None and Path(p).is_dir() for p in (sd_dir, controlnet_dir))
     try:
-        _check_stack_request(stack_dir, generator, n, seed, build_if_missing, sd_dir, controlnet_dir)
+        _check_stack_options(qc, resize_mode, dtype)
+        _check_stack_request(
+            stack_dir, generator, n, seed, build_if_missing, sd_dir, controlnet_dir, qc=qc, resize_mode=resize_mode
+        )
         if build_if_missing and (generator != "diffusion" or models_here):
             # completes the cache; also refuses a stack of other generator settings (resolution, model digests)
             build_kwargs.setdefault("verify_existing", False)
-            build_stack(datalist, stack_dir, generator=generator, n=n, seed=seed, data_root=data_root, **build_kwargs)
+            build_stack(
+                datalist,
+                stack_dir,
+                generator=generator,
+                n=n,
+                seed=seed,
+                data_root=data_root,
+                qc=qc,
+                resize_mode=resize_mode,
+                dtype=dtype,
+                **build_kwargs,
+            )
         elif not held.is_file():
+            command = build_command(
+                datalist, stack_dir, generator, n, seed, qc, resize_mode, dtype, config="TRAIN.json"
+            )
             raise S2S2InputError(
                 stack_dir,
                 "no stack cache here",
-                f"build it with `s2s2 stack build --datalist {_datalist_path(datalist)} --config TRAIN.json --out {stack_dir}` "
-                "or set build_stack_if_missing true",
+                f"build it with `{command}` or set build_stack_if_missing true",
             )
         elif build_if_missing:  # a diffusion stack built elsewhere, without its model folders here: it must be complete
             from s2s2_monai.stack.cache import StackCache

@@ -110,8 +110,29 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="diffusion generation resolution (default: the ControlNet's training resolution, else 512; another one is refused); stacks are stored at the slice grid",
     )
+    p.add_argument(
+        "--resize-mode",
+        choices=("nearest", "bilinear", "bicubic"),
+        default="nearest",
+        help="diffusion: resize of each generated image back to its slice's grid: nearest (default; order 0, the "
+        "paper's), bilinear (antialiased; this project's former default) or bicubic; recorded in the stack's settings. "
+        "The appearance generator draws on the slice grid and resizes nothing",
+    )
+    p.add_argument(
+        "--dtype",
+        choices=("float32", "float16"),
+        default="float32",
+        help="diffusion: sampling precision, float32 (default, the paper's) or float16 (half precision, CUDA only); "
+        "recorded in the stack's settings",
+    )
     p.add_argument("--batch-size", type=int, default=8, help="masks per generator call (default 8)")
-    p.add_argument("--no-qc", action="store_true", help="skip the per-organ intensity quality check")
+    p.add_argument(
+        "--no-qc",
+        action="store_true",
+        help="skip the per-organ intensity quality check. The paper has no such filter: --no-qc is the paper's "
+        "protocol and what the training bundle builds (stack_qc: false); without it this command filters (QC on), "
+        "and training refuses such a stack unless the bundle sets --stack_qc True",
+    )
     p.add_argument(
         "--replace",
         action="store_true",

@@ -11,9 +11,7 @@ def _train(args: argparse.Namespace) -> int:
     from s2s2_monai.cli_options import bundle_preprocessing, options_for
     from s2s2_monai.stack.finetune import ControlNetTrainConfig, train_controlnet
 
-    config = ControlNetTrainConfig(
-        **options_for(ControlNetTrainConfig, args, mixed_precision=not args.no_mixed_precision)
-    )
+    config = ControlNetTrainConfig(**options_for(ControlNetTrainConfig, args, mixed_precision=args.mixed_precision))
     preprocessing = bundle_preprocessing(args)
     result = train_controlnet(**options_for(train_controlnet, args, config=config, preprocessing=preprocessing))
     start = f" (resumed at step {result.resumed_from})" if result.resumed_from is not None else ""
@@ -46,7 +44,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps in total")
     t.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
     t.add_argument("--labelled-only", action="store_true", help="train only on slices with foreground")
-    t.add_argument("--no-mixed-precision", action="store_true", help="train in fp32 on CUDA too")
+    t.add_argument(
+        "--mixed-precision",
+        action="store_true",
+        help="fp16 mixed precision on CUDA (default fp32, the reference's)",
+    )
+    t.add_argument(
+        "--no-mixed-precision", action="store_true", help=argparse.SUPPRESS
+    )  # former opt-out, now the default
     t.add_argument("--num-workers", type=int, default=0, help="DataLoader workers (default 0)")
     t.add_argument("--device", default=None, help="torch device (default: cuda when available)")
     o.add_no_progress(t)

@@ -12,6 +12,19 @@ Training examples (:class:`ControlNetSliceDataset`):
 - conditioning: the mask rendered by :func:`~s2s2_monai.stack.conditioning.render_label_map` (``[0, 1]``);
 - prompt: :func:`~s2s2_monai.stack.prompts.build_prompt` of the mask, exactly as generation builds it.
 
+Ranges are diffusers' conventions, not the reference's: here the hint is in ``[0, 1]`` and the target
+in ``[-1, 1]``; the reference (lllyasviel's ControlNet code in ymp5078/Semantic-Stacking,
+``ControlNet/datasets/dataset_synapse.py``) feeds the hint as palette colours in ``[0, 255]`` (its ``/ 255``
+is commented out) and the target slice in ``[0, 1]`` unmapped. Generation
+(:mod:`~s2s2_monai.stack.diffusion`) reads the output in the range fine-tuning taught, so the two stay
+consistent with each other.
+
+Precision: float32 by default, as the reference (``pl.Trainer(precision=32)``).
+``ControlNetTrainConfig(mixed_precision=True)`` is the named alternative: on CUDA the frozen UNet, VAE
+and text encoder are loaded in float16, the ControlNet keeps float32 weights and runs under
+``torch.autocast(float16)`` with a ``GradScaler``; on the CPU it changes nothing. The CLI's precision
+flag and its default: ``s2s2 controlnet train --help``.
+
 Determinism and resume: the data order of epoch ``e`` is a permutation seeded by ``(seed, e)``; VAE
 sampling, noise and timesteps come from one CPU ``torch.Generator`` whose state is checkpointed.
 A checkpoint (every ``checkpoint_every`` optimizer steps and at the end) holds the ControlNet
@@ -95,7 +108,8 @@ class ControlNetTrainConfig:
     lr_warmup_steps: int = 0
     max_grad_norm: float = 1.0
     labelled_only: bool = False
-    mixed_precision: bool = True
+    #: float16 frozen SD + autocast for the ControlNet on CUDA; False (float32) is the paper's
+    mixed_precision: bool = False
     num_workers: int = 0
 
     def validate(self) -> None:
@@ -287,7 +301,8 @@ def train_controlnet(
         out: output folder: ``checkpoints/``, ``controlnet/`` (final), ``train_config.json``, ``losses.json``.
         config: training settings.
         resume: continue from the newest checkpoint in ``out`` (starts fresh when there is none).
-        device: torch device; default CUDA when available. Mixed precision (fp16) on CUDA only.
+        device: torch device; default CUDA when available. float32 unless ``config.mixed_precision``
+            (float16 frozen SD + autocast, CUDA only).
         data_root: root for relative datalist paths.
         progress: show progress bars.
         callback: called as ``callback(step, loss)`` after every optimizer step.

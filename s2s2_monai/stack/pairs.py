@@ -9,6 +9,11 @@ from unit space back to the network's intensity space, and attached as ``image_s
 applies the same random geometry to all three. Training draws the member of item ``i`` from a generator
 seeded per epoch and item (:class:`~s2s2_monai.training.datasets.TrainingDataset`), so a resumed run
 draws what an uninterrupted one does.
+
+No member is resized here: it is stored on the slice's own grid (the diffusion generator resized it back
+from its generation resolution with the stack's ``resize_mode``, recorded in the manifest; the appearance
+generator draws on that grid) and must have the slice's shape. Any later resize (the bundle's
+``train#resize`` to ``input_size``) is the ``transform``'s, applied to x0, x1 and the label alike.
 """
 
 from __future__ import annotations
@@ -106,7 +111,7 @@ class StackPairDataset(Dataset):
         return S2S2InputError(
             self.cache.root,
             f"no stack entry for case {case.case_id} slice {z} (with the generator settings of this cache)",
-            f"run `s2s2 stack build --datalist {self.slices.volumes.datalist.path} --out {self.cache.root}`",
+            f"run `{self._build_command()}`",
         )
 
     def _corrupt(self, i: int, key: str, why: str) -> S2S2InputError:
@@ -115,9 +120,15 @@ class StackPairDataset(Dataset):
         return S2S2InputError(
             self.cache.entry_path(key),
             f"stack entry of case {case.case_id} slice {z} is corrupt ({why})",
-            f"run `s2s2 stack build --datalist {self.slices.volumes.datalist.path} --out {self.cache.root}` to rebuild corrupt entries "
+            f"run `{self._build_command()}` to rebuild corrupt entries "
             f"(`s2s2 stack verify {self.cache.root}` lists them)",
         )
+
+    def _build_command(self) -> str:
+        """The ``s2s2 stack build`` line that completes this very stack (its generator, n, seed, QC, resize mode)."""
+        from s2s2_monai.stack.build import manifest_build_command
+
+        return manifest_build_command(self.cache.manifest, self.slices.volumes.datalist.path, self.cache.root)
 
     def _require(self, i: int) -> str:
         key = self.key_of(i)

@@ -6,6 +6,12 @@ by ``margin`` x (range) + ``abs_margin`` on each side. A generated member passes
 with at least ``min_pixels`` pixels in its mask has its median inside its bounds. Failing members
 are regenerated with new deterministic seeds (at most ``retries`` times); a member still failing
 is kept and *flagged*. ``s2s2 stack info`` reports the pass rate.
+
+The paper filters nothing, so the training bundle builds without this check (``stack_qc: false``, the
+default of :func:`~s2s2_monai.stack.build.ensure_stack`); ``--stack_qc True`` turns it on. ``s2s2 stack
+build`` and :func:`~s2s2_monai.stack.build.build_stack` check by default (``--no-qc`` / ``qc=False`` is the
+paper's). The bounds are part of the stack's identity: a stack built with QC is another stack than one
+built without.
 """
 
 from __future__ import annotations

@@ -99,6 +99,8 @@ SETTING_RULES: dict[str, tuple[Callable[[Any], bool], str, str]] = {
     "alpha_enc": (*_number(0.0, strict=False), "1.0"),
     "alpha_dec": (*_number(0.0, strict=False), "1.0"),
     "use_stack": (lambda v: isinstance(v, bool), "true or false", "False"),
+    "amp": (lambda v: isinstance(v, bool), "True or False (python-fire reads lower-case true/false as text)", "False"),
+    "stack_qc": (lambda v: isinstance(v, bool), "True or False", "False"),
     "hu_window": (_window, "two numbers [min, max] in Hounsfield units with min < max", "[-125,275]"),
     "mri_upper_percentile": (_percentile, "a percentile in (0, 100]", "99.5"),
 }
