@@ -6,7 +6,6 @@ import base64
 import csv
 import html
 import io
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -86,38 +85,91 @@ def table_rows(summary: Mapping) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
-def _plots(summary: Mapping) -> list[tuple[str, str]]:
-    """(corruption, base64 PNG) of Dice vs severity, one line per arm (severity 0 = clean)."""
-    import matplotlib
+#: The plots are drawn at this dpi and never wider than this many pixels (a 1280 px screen).
+DPI = 100
+MAX_WIDTH_PX = 1300
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+
+def _plots(summary: Mapping) -> list[tuple[str, str]]:
+    """[(title, base64 PNG)]: one figure of Dice vs severity, a panel per corruption (wrapped, at most 4 per row,
+    at most :data:`MAX_WIDTH_PX` wide), one line per arm (severity 0 = clean), the legend above the panels."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     corruptions: list[str] = []
     for entry in summary["arms"].values():
         corruptions += [c for c in entry.get("robustness", {}).get("dice", {}) if c not in corruptions]
-    out = []
-    for corr in corruptions:
-        fig, ax = plt.subplots(figsize=(4.2, 3.0), dpi=100)
-        for arm, entry in summary["arms"].items():
+    if not corruptions:
+        return []
+    arms = list(summary["arms"])
+    colors = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000"]
+    markers = "osD^vP*X"
+    ncols = min(4, len(corruptions))
+    nrows = -(-len(corruptions) // ncols)
+    width = min(MAX_WIDTH_PX / DPI, 0.6 + 3.1 * ncols)
+    head = 0.6  # legend band, inches
+    height = head + 2.6 * nrows
+    fig = Figure(figsize=(width, height), dpi=DPI)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(nrows, ncols, squeeze=False, sharex=True, sharey=True)
+    fig.subplots_adjust(
+        left=0.55 / width, right=1 - 0.15 / width, top=1 - head / height, bottom=0.5 / height, wspace=0.08, hspace=0.3
+    )
+    max_sev = 0
+    for k, corr in enumerate(corruptions):
+        ax = axes[k // ncols][k % ncols]
+        for i, (arm, entry) in enumerate(summary["arms"].items()):
             rob = entry.get("robustness", {})
             curve = rob.get("dice", {}).get(corr, {})
             if not curve:
                 continue
-            xs = [0] + sorted(int(s) for s in curve)
-            ys = [rob.get("clean_dice")] + [curve[s] if s in curve else curve[str(s)] for s in sorted(curve, key=int)]
-            ax.plot(xs, [float("nan") if y is None else y for y in ys], marker="o", label=arm)
-        ax.set_xlabel("severity (0 = clean)")
-        ax.set_ylabel("mean Dice")
-        ax.set_title(corr)
+            levels = sorted(int(s) for s in curve)
+            max_sev = max(max_sev, *levels)
+            ys = [rob.get("clean_dice")] + [curve[s] if s in curve else curve[str(s)] for s in levels]
+            ax.plot(
+                [0, *levels],
+                [float("nan") if y is None else y for y in ys],
+                marker=markers[i % len(markers)],
+                markersize=4,
+                color=colors[i % len(colors)],
+                label=arm,
+            )
+        ax.set_title(corr, fontsize=9)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png")
-        plt.close(fig)
-        out.append((corr, base64.b64encode(buf.getvalue()).decode()))
-    return out
+        ax.tick_params(labelsize=7)
+        if k % ncols == 0:
+            ax.set_ylabel("mean Dice", fontsize=8)
+        if k // ncols == nrows - 1 or k + ncols >= len(corruptions):
+            ax.set_xlabel("severity (0 = clean)", fontsize=8)
+            ax.tick_params(labelbottom=True)
+    for k in range(len(corruptions), nrows * ncols):
+        axes[k // ncols][k % ncols].set_visible(False)
+    ticks = list(range(0, max_sev + 1))
+    axes[0][0].set_xticks(ticks, [str(t) for t in ticks])
+    axes[0][0].set_xlim(-0.3, max_sev + 0.3)
+    axes[0][0].set_ylim(0, 1)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 1 - 0.08 / height), ncol=len(arms), fontsize=8)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", metadata={"Software": None})
+    return [("Dice vs corruption severity, one panel per corruption", base64.b64encode(buf.getvalue()).decode())]
+
+
+def settings_html(settings: Mapping) -> str:
+    """The run's settings as an HTML table (lists and maps as short text, not JSON)."""
+    e = html.escape
+
+    def text(v) -> str:
+        if isinstance(v, Mapping):
+            return "; ".join(f"{k}: {text(x)}" for k, x in v.items())
+        if isinstance(v, (list, tuple)):
+            return ", ".join(text(x) for x in v)
+        return "–" if v is None else str(v)
+
+    rows = "".join(
+        f"<tr><th class='l'>{e(str(k))}</th><td class='l'>{e(text(v))}</td></tr>" for k, v in settings.items()
+    )
+    return f"<table class='kv'>{rows}</table>"
 
 
 def _html(summary: Mapping) -> str:
@@ -127,7 +179,8 @@ def _html(summary: Mapping) -> str:
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'><title>s2s2 ablation</title>",
         "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}td,th{border:1px solid #ccc;"
-        "padding:3px 8px;text-align:right}th{background:#eee}td.l{text-align:left}img{margin:4px}</style></head><body>",
+        "padding:3px 8px;text-align:right}th{background:#eee}td.l,th.l{text-align:left}img{margin:4px;max-width:100%;"
+        "height:auto}</style></head><body>",
         "<h1>S2S2 ablation</h1>",
         f"<p>{len(s.get('seeds', []))} seed(s) {e(str(s.get('seeds')))}, {e(str(s.get('max_epochs')))} epochs, network "
         f"{e(str(s.get('network_name')))}, model = last epoch. Dice: mean ± sd over seeds of the mean over cases of the "
@@ -149,7 +202,7 @@ def _html(summary: Mapping) -> str:
     if plots:
         parts.append("<h2>Dice vs corruption severity (in-domain test)</h2>")
         parts += [f"<img alt='{e(c)}' src='data:image/png;base64,{b}'>" for c, b in plots]
-    parts.append("<h2>Settings</h2><pre>" + e(json.dumps(s, indent=1, default=str)) + "</pre></body></html>")
+    parts.append("<h2>Settings</h2>" + settings_html(s) + "</body></html>")
     return "\n".join(parts)
 
 

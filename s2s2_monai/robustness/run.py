@@ -25,14 +25,13 @@ import csv
 import html
 import os
 import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from s2s2_monai.atomic import json_safe, publish, write_json
+from s2s2_monai.atomic import json_safe, publish, stage_dir, write_json
 from s2s2_monai.errors import S2S2InputError
 from s2s2_monai.robustness.corruptions import CORRUPTIONS
 from s2s2_monai.robustness.names import DEFAULT_SEVERITY, SEVERITIES
@@ -48,52 +47,79 @@ def _mean_dice(metrics: dict) -> float:
     return float(np.mean(vals)) if vals else float("nan")
 
 
-def _plot(path: Path, clean: float, curve: dict[str, dict[int, float]]) -> None:
-    import matplotlib
+def _plot(path: Path, clean: float, curve: dict[str, dict[int, float]]) -> dict:
+    """Dice vs severity, one line per corruption, the clean score dashed; the legend right of the axes.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    At most 1000 x 420 px (100 dpi) whatever the number of corruptions; integer severity ticks (the
+    levels of :data:`SEVERITIES`), Dice on [0, 1]. Returns what was drawn (x ticks, y limits, size in px).
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
-    for name, levels in curve.items():
+    colors = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000"]
+    markers = "osD^vP*X"
+    fig = Figure(figsize=(8.0, 4.2), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_axes((0.08, 0.12, 0.62, 0.78))
+    for i, (name, levels) in enumerate(curve.items()):
         sev = sorted(levels)
-        ax.plot(sev, [levels[s] for s in sev], marker="o", label=name)
+        ax.plot(
+            sev,
+            [levels[s] for s in sev],
+            marker=markers[i % len(markers)],
+            color=colors[i % len(colors)],
+            label=name,
+        )
     ax.axhline(clean, color="black", linestyle="--", linewidth=1, label="clean")
-    ax.set_xticks(list(SEVERITIES))
+    ax.set_xticks(list(SEVERITIES), [str(s) for s in SEVERITIES])
     ax.set_xlim(SEVERITIES[0] - 0.3, SEVERITIES[-1] + 0.3)
     ax.set_xlabel("severity level")
     ax.set_ylabel("mean Dice")
     ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
     ax.set_title("Dice vs corruption severity")
-    ax.legend(loc="lower left", fontsize="small", ncol=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize="small", frameon=False, borderaxespad=0)
+    fig.savefig(path, metadata={"Software": None})
+    return {
+        "xticks": [float(t) for t in ax.get_xticks()],
+        "ylim": tuple(float(v) for v in ax.get_ylim()),
+        "size_px": tuple(int(v) for v in fig.canvas.get_width_height()),
+    }
 
 
 def _html_section(robustness: dict) -> str:
     e = html.escape
     sev = robustness["severities"]
     clean = robustness["dice"]["clean"]
+
+    def degradation_of(level: dict) -> float:  # clean - corrupted: positive = worse (robustness.json's drop = -this)
+        return level["degradation"] if "degradation" in level else clean["mean_dice"] - level["mean_dice"]
+
     rows = [
         "<h2>Robustness</h2>",
         f"<p>Mean Dice (mean over cases of the per-case class mean) on clean volumes and on {robustness['copies']} "
         f"seeded corrupted copies per case, corruption and severity (base seed {robustness['seed']}; all severities "
-        "of a copy share its seed). Cell: mean Dice (drop vs clean). Per copy: robustness.csv; the parameters of "
-        "each level: robustness.json.</p>",
+        "of a copy share its seed). Cell: mean Dice (degradation = clean − corrupted; positive = worse than clean). "
+        "Per copy: robustness.csv; the parameters of each level: robustness.json.</p>",
         f"<p>Clean: {clean['mean_dice']:.4g} (n = {clean['n']}).</p>",
         "<table><tr><th>corruption</th>" + "".join(f"<th>severity {s}</th>" for s in sev) + "</tr>",
     ]
     for name, levels in robustness["dice"].items():
         if name == "clean":
             continue
-        cells = "".join(f"<td>{levels[str(s)]['mean_dice']:.4g} ({levels[str(s)]['drop']:+.3f})</td>" for s in sev)
+        cells = "".join(
+            f"<td>{levels[str(s)]['mean_dice']:.4g} ({degradation_of(levels[str(s)]):+.3f})</td>" for s in sev
+        )
         rows.append(f"<tr><td class='l'>{e(name)}</td>{cells}</tr>")
     means = robustness["scores"]["mean_dice_per_severity"]
-    rows.append("<tr><td class='l'>mean</td>" + "".join(f"<td>{means[str(s)]:.4g}</td>" for s in sev) + "</tr></table>")
     rows.append(
-        f"<p>Mean degradation (clean - corrupted, over corruptions and severities): "
-        f"{robustness['scores']['mean_degradation']:.4g}.</p>"
+        "<tr><td class='l'>mean</td>"
+        + "".join(f"<td>{means[str(s)]:.4g} ({clean['mean_dice'] - means[str(s)]:+.3f})</td>" for s in sev)
+        + "</tr></table>"
+    )
+    rows.append(
+        f"<p>Mean degradation (clean − corrupted, over corruptions and severities; positive = worse): "
+        f"{robustness['scores']['mean_degradation']:+.4g}.</p>"
     )
     rows.append("<img src='figures/robustness_dice.png' alt='Dice vs severity per corruption'>")
     return "\n".join(rows)
@@ -227,8 +253,7 @@ def robustness_evaluation(
     }
 
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.robustness", dir=out_dir.parent))
+    stage = stage_dir(out_dir, "robustness")  # a rerun removes the staging of a killed run
     try:
         summary = write_report(stage / "report", ev, n_boot=n_boot, seed=seed)
         rep = stage / "report"

@@ -168,9 +168,16 @@ def slice_jobs(volumes, spec: dict) -> tuple[list[list], dict[str, dict]]:
 
 
 def write_contact_sheet(cache: StackCache, volumes, path: Path, rows: int = 4, cols: int = 6) -> Path | None:
-    """PNG of a few masks (most classes first) with their real slice and first ``cols`` members."""
+    """PNG of a few masks (most classes first) with their real slice and first ``cols`` members.
+
+    Shown as the evaluation report's overlays show slices (radiological view: the patient's right on the
+    left, anterior up), at most 8 columns of 1.6 in (1280 px); the masks' colours are named in a legend of
+    the organs from the datalist's label map.
+    """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.colors import ListedColormap
     from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
 
     manifest = cache.manifest
     picks, seen = [], set()
@@ -185,27 +192,64 @@ def write_contact_sheet(cache: StackCache, volumes, path: Path, rows: int = 4, c
         return None
     picks = sorted(picks)[:rows]
     unit = UnitIntensity(*manifest["unit"])
+    label_map = getattr(getattr(volumes, "datalist", None), "label_map", None)
+    names = dict(label_map.classes) if label_map is not None else {}
+    shown = sorted(
+        {int(v) for _, _, ci, z in picks for v in np.unique(np.asarray(volumes.cases[ci].label[:, :, z]))} - {0}
+    )
+    top_id = max([*shown, *names, 1])
+    palette = ["#000000"] + [
+        c
+        for _ in range(top_id // 8 + 1)
+        for c in ("#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "#D55E00", "#CC79A7", "#FFFFFF")
+    ]
+    cmap = ListedColormap(palette[: top_id + 1])
     ncol = 2 + min(cols, int(manifest["n"]))
-    fig = Figure(figsize=(1.6 * ncol, 1.7 * len(picks)))
+    legend_h = 0.15 + 0.22 * -(-len(shown or names) // 6)
+    fig = Figure(figsize=(1.6 * ncol, 1.7 * len(picks) + 0.35 + legend_h), dpi=100)
     FigureCanvasAgg(fig)
     axes = fig.subplots(len(picks), ncol, squeeze=False)
     for r, (_, key, ci, z) in enumerate(picks):
         case = volumes.cases[ci]
-        panels = [("real x0", unit.to_unit(case.image[:, :, z]), "gray"), ("mask", case.label[:, :, z], "tab10")]
+        panels = [("real x0", unit.to_unit(case.image[:, :, z]), "gray"), ("mask", case.label[:, :, z], cmap)]
         panels += [(f"member {m}", cache.read_member(key, m), "gray") for m in range(ncol - 2)]
-        for c, (title, img, cmap) in enumerate(panels):
+        for c, (title, img, cm) in enumerate(panels):
             ax = axes[r, c]
-            kw = {"vmin": 0, "vmax": 255 if img.dtype == np.uint8 and cmap == "gray" else (1 if cmap == "gray" else 9)}
-            ax.imshow(np.asarray(img).T, cmap=cmap, origin="lower", interpolation="nearest", **kw)
+            img = np.asarray(img)
+            if cm == "gray":
+                kw = {"vmin": 0, "vmax": 255 if img.dtype == np.uint8 else 1}
+            else:
+                kw = {"vmin": -0.5, "vmax": top_id + 0.5}
+            # the report overlays' view: arrays (X, Y) in RAS, y up, x inverted (patient's right on the left)
+            ax.imshow(img.T, cmap=cm, origin="lower", interpolation="nearest", **kw)
+            ax.invert_xaxis()
             ax.set_xticks([])
             ax.set_yticks([])
             ax.set_title(title if r == 0 else "", fontsize=8)
             if c == 0:
                 ax.set_ylabel(f"{case.case_id}\nz={z}", fontsize=7)
-    fig.suptitle(f"stack: {manifest['generator']} (n={manifest['n']}, seed={manifest['seed']})", fontsize=9)
-    fig.tight_layout()
+    height = fig.get_figheight()
+    fig.suptitle(
+        f"stack: {manifest['generator']} (n={manifest['n']}, seed={manifest['seed']}); radiological view",
+        fontsize=9,
+        y=1 - 0.05 / height,
+        va="top",
+    )
+    handles = [
+        Patch(facecolor=cmap(i), edgecolor="black", label=names.get(i, f"class {i}")) for i in (shown or sorted(names))
+    ]
+    if handles:
+        fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), fontsize=8, frameon=False)
+    fig.subplots_adjust(
+        left=0.35 / fig.get_figwidth(),
+        right=1 - 0.05 / fig.get_figwidth(),
+        top=1 - 0.4 / height,
+        bottom=(legend_h + 0.05) / height,
+        wspace=0.05,
+        hspace=0.15,
+    )
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})
+    fig.savefig(buf, format="png", metadata={"Software": None})
     atomic_write_bytes(path, buf.getvalue())
     return path
 
