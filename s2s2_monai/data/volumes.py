@@ -532,7 +532,9 @@ def write_prediction(labels, affine: np.ndarray, source_affine: np.ndarray, path
     return save_nifti_atomic(to_source_orientation(arr, affine, source_affine), source_affine, path)
 
 
-def read_nifti_ras(path: str | os.PathLike, is_label: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def read_nifti_ras(
+    path: str | os.PathLike, is_label: bool = False, compact: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """Read a 3D NIfTI file with nibabel alone (no MONAI import), reoriented to RAS.
 
     The same array and affine as ``load_volume(path, is_label)`` (its ``[0]`` and ``.affine``),
@@ -544,6 +546,10 @@ def read_nifti_ras(path: str | os.PathLike, is_label: bool = False) -> tuple[np.
         path: ``.nii`` / ``.nii.gz`` file.
         is_label: labels are checked to hold non-negative integers and returned as int64;
             images as float32 and checked to hold finite values only.
+        compact: integer data stored without scaling keeps an integer type instead of int64
+            (labels) or float32 (images): uint8 when its values fit a byte, else int64. Same
+            values and checks, no 8-byte (or float) copy of the volume: what ``s2s2 evaluate``
+            reads predictions and labels with. Float or scaled data is read as without it.
 
     Returns:
         ``(array, affine)``: the (X, Y, Z) array in RAS and its 4x4 float64 RAS affine.
@@ -564,7 +570,8 @@ def read_nifti_ras(path: str | os.PathLike, is_label: bool = False) -> tuple[np.
         # integer data without scaling keeps its values exactly; anything else is read as float32, as MONAI's LoadImage does
         scaled = getattr(dataobj, "slope", 1.0) != 1.0 or getattr(dataobj, "inter", 0.0) != 0.0
         raw = np.asanyarray(dataobj)
-        arr = raw if (is_label and raw.dtype.kind in "iub" and not scaled) else np.asarray(raw, dtype=np.float32)
+        keep_int = raw.dtype.kind in "iub" and not scaled and (is_label or compact)
+        arr = raw if keep_int else np.asarray(raw, dtype=np.float32)
         affine = np.array(img.affine, dtype=np.float64)
     except Exception as exc:  # noqa: BLE001 - every reader error becomes one clear message
         raise S2S2InputError(
@@ -589,6 +596,8 @@ def read_nifti_ras(path: str | os.PathLike, is_label: bool = False) -> tuple[np.
     if not np.array_equal(ornt, [[0, 1], [1, 1], [2, 1]]):
         affine = affine @ nib.orientations.inv_ornt_aff(ornt, arr.shape)
         arr = nib.orientations.apply_orientation(arr, ornt)
+    if compact and arr.dtype.kind in "iub":
+        return _compact_ints(arr, path, is_label), affine
     if is_label:
         if arr.dtype.kind == "f" and not np.array_equal(arr, np.round(arr)):
             raise S2S2InputError(path, "label file holds non-integer values", "labels must be integer class ids")
@@ -604,3 +613,20 @@ def read_nifti_ras(path: str | os.PathLike, is_label: bool = False) -> tuple[np.
                 "fix or re-export the image; intensities must be finite",
             )
     return np.ascontiguousarray(arr), affine
+
+
+def _compact_ints(arr: np.ndarray, path: Path, is_label: bool) -> np.ndarray:
+    """Integer volume of :func:`read_nifti_ras` ``(compact=True)``: C-ordered uint8 when it fits, else int64.
+
+    One pass for the range (none for uint8/bool) and one copy at most (the C-order copy of
+    nibabel's Fortran-ordered array, 1 byte per voxel for uint8).
+    """
+    if arr.dtype == np.bool_:
+        arr = arr.view(np.uint8)
+    if arr.dtype != np.uint8 and arr.size:
+        lo, hi = int(arr.min()), int(arr.max())
+        if is_label and lo < 0:
+            raise S2S2InputError(path, "label file holds negative values", "labels must be class ids >= 0")
+        if lo >= 0 and hi < 256:
+            return np.ascontiguousarray(arr, dtype=np.uint8)
+    return np.ascontiguousarray(arr, dtype=np.uint8 if arr.dtype == np.uint8 else np.int64)

@@ -183,11 +183,23 @@ def find_pairs(
     return match_cases(pred_dirs, label_dir, allow_missing).pairs
 
 
-def _check_ids(arr: torch.Tensor, path: Path, valid: set[int] | None, role: str) -> None:
-    if valid is None:
+def _present_ids(arr: np.ndarray) -> list[int]:
+    """Sorted ids present in a non-negative integer volume."""
+    if arr.dtype == np.uint8:  # 256 counters, no int64 copy of the volume (np.bincount would make one)
+        lut = np.zeros(256, dtype=bool)
+        lut[arr.reshape(-1)] = True
+        return np.flatnonzero(lut).tolist()
+    return np.unique(arr).tolist()
+
+
+def _check_ids(arr: np.ndarray, path: Path, valid: set[int] | None, role: str) -> None:
+    """Refuse ids outside ``valid``; one max() pass when ``valid`` holds every id from 0 to the volume's max."""
+    if valid is None or arr.size == 0:
         return
-    found = set(torch.unique(arr).tolist())
-    unknown = sorted(found - valid)
+    hi = int(arr.max())
+    if hi < len(valid) and all(i in valid for i in range(hi + 1)):
+        return  # ids are >= 0 (checked on reading) and <= hi: all valid
+    unknown = sorted(set(_present_ids(arr)) - valid)
     if unknown:
         raise S2S2InputError(
             path,
@@ -209,17 +221,17 @@ def load_pair(
             different grids.
     """
     pred_path, label_path = Path(pred_path), Path(label_path)
-    try:
-        p, a = read_nifti_ras(pred_path, is_label=False)
+    try:  # compact: integer files stay integers (uint8 when they fit), read once, no float/int64 copy
+        p, a = read_nifti_ras(pred_path, is_label=False, compact=True)
     except S2S2InputError as exc:
         raise S2S2InputError(
             pred_path, f"bad prediction: {exc.problem}", "write integer class ids, not probabilities or NaN"
         ) from None
-    if not np.array_equal(p, np.round(p)) or (p.size and p.min() < 0):
+    if (p.dtype.kind == "f" and not np.array_equal(p, np.round(p))) or (p.size and p.dtype != np.uint8 and p.min() < 0):
         raise S2S2InputError(
             pred_path, "prediction holds non-integer or negative values", "write the argmax class ids (integers >= 0)"
         )
-    g, b = read_nifti_ras(label_path, is_label=True)
+    g, b = read_nifti_ras(label_path, is_label=True, compact=True)
     if p.shape != g.shape:
         raise S2S2InputError(
             pred_path,
@@ -232,8 +244,10 @@ def load_pair(
             f"prediction and label {label_path} are on different grids (affines differ by up to {np.abs(a - b).max():.4g} mm after reorientation to RAS)",
             "write predictions with the input image's affine",
         )
-    p = torch.from_numpy(p.astype(np.uint8 if p.size == 0 or p.max() < 256 else np.int64))
-    g = torch.from_numpy(g.astype(np.uint8) if g.size == 0 or g.max() < 256 else g)
+    if p.dtype.kind == "f":  # a float file of integer ids (compact reading keeps integer files as they are)
+        p = p.astype(np.uint8 if p.size == 0 or p.max() < 256 else np.int64)
+    if g.dtype != np.uint8 and (g.size == 0 or g.max() < 256):  # a float label file (read as int64)
+        g = g.astype(np.uint8)
     _check_ids(p, pred_path, valid_ids, "prediction")
     _check_ids(g, label_path, valid_ids, "label")
-    return p, g, a
+    return torch.from_numpy(p), torch.from_numpy(g), a

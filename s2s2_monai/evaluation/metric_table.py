@@ -15,6 +15,7 @@ import torch
 
 from s2s2_monai.evaluation.legacy import legacy_case_metrics
 from s2s2_monai.evaluation.metrics import DEFAULT_HD95, EMPTY_POLICY, as_label_tensor, check_hd95, compute_case_metrics
+from s2s2_monai.evaluation.surface import class_boxes
 
 __all__ = ["WorstSlice", "MetricTable"]
 
@@ -54,6 +55,7 @@ class MetricTable:
     rows: list[dict] = field(default_factory=list)
     worst: dict[tuple[str, int], WorstSlice] = field(default_factory=dict)
     methods: list[str] = field(default_factory=list)
+    _case_boxes: dict | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         check_hd95(self.hd95)
@@ -107,10 +109,13 @@ class MetricTable:
         if method not in self.methods:
             self.methods.append(method)
         ids = list(self.class_names)
+        self._case_boxes = None  # this case's class boxes: found once, for the metrics and the worst slices
         if self.legacy_transunet:
             metrics = legacy_case_metrics(pred_t, gt_t, ids)
         else:
-            metrics = compute_case_metrics(pred_t, gt_t, spacing, ids, hd95=self.hd95)
+            if pred_t.device.type == "cpu" and pred_t.shape == gt_t.shape:
+                self._case_boxes = class_boxes([pred_t, gt_t], 0)  # num_classes is only used on a GPU
+            metrics = compute_case_metrics(pred_t, gt_t, spacing, ids, hd95=self.hd95, boxes=self._case_boxes)
         for c in ids:
             self.rows.append(
                 {"method": method, "case": case, "class_id": c, "class_name": self.class_names[c], **metrics[c]}
@@ -124,8 +129,16 @@ class MetricTable:
         key = (method, c)
         if key in self.worst and self.worst[key].dice <= dice:
             return
-        p, g = pred_t == c, gt_t == c
-        z = int(torch.argmax((p ^ g).sum(dim=(0, 1))).item())
+        if pred_t.device.type == "cpu":  # numpy on the class's bounding box: no full-volume torch passes
+            pn, gn = pred_t.numpy(), gt_t.numpy()
+            box = self._box_of(pn, gn, c)
+            per_z = np.count_nonzero((pn[box] == c) ^ (gn[box] == c), axis=(0, 1)) if box else np.zeros(1)
+            z = int(np.argmax(per_z)) + box[2].start if box and per_z.max() > 0 else 0  # torch.argmax of zeros: 0
+            p, g = torch.from_numpy(pn[:, :, z] == c), torch.from_numpy(gn[:, :, z] == c)
+        else:
+            p, g = pred_t == c, gt_t == c
+            z = int(torch.argmax((p ^ g).sum(dim=(0, 1))).item())
+            p, g = p[:, :, z], g[:, :, z]
         img = None
         if image is not None:
             vol = (
@@ -135,9 +148,14 @@ class MetricTable:
             )
             vol = vol[0] if vol.ndim == 4 else vol
             img = vol[:, :, z].detach().float().cpu().numpy()
-        self.worst[key] = WorstSlice(
-            method, c, case, float(dice), z, p[:, :, z].cpu().numpy(), g[:, :, z].cpu().numpy(), img
-        )
+        self.worst[key] = WorstSlice(method, c, case, float(dice), z, p.cpu().numpy(), g.cpu().numpy(), img)
+
+    def _box_of(self, pn: np.ndarray, gn: np.ndarray, c: int):
+        """Bounding box of class ``c`` in prediction or ground truth (``None`` if absent); one
+        ``find_objects`` pass per volume per case, shared with the metrics and the classes of that case."""
+        if self._case_boxes is None:
+            self._case_boxes = class_boxes([torch.from_numpy(pn), torch.from_numpy(gn)], 0)
+        return self._case_boxes.get(c)
 
     def cases(self, method: str) -> list[str]:
         """Case names of a method, in the order they were added."""
