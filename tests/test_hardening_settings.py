@@ -116,6 +116,10 @@ def test_known_overrides_and_args_file_pass(demo, tmp_path):
     assert unknown_override_keys([*argv, "--networks#basic_unet#features", "[4,4,8,8,16,4]", "--hu_window=[0,1]"]) == []
     assert unknown_override_keys(["pytest", "run", "--config_file", files, "--image_size", "7"]) == []
     assert unknown_override_keys([*argv, "--stack-dr", "x"]) == [("stack_dr", config_files, "stack_dir")]
+    # MONAI's own tracking settings are settings of the run once --tracking adds them
+    tracked = [*argv, "--tracking", "mlflow", "--tracking_uri", "sqlite:///x.db", "--experiment_name", "e"]
+    assert unknown_override_keys(tracked) == []
+    assert [k for k, _, _ in unknown_override_keys([*argv, "--tracking_uri", "sqlite:///x.db"])] == ["tracking_uri"]
     args_file = tmp_path / "args.json"
     args_file.write_text(json.dumps({"config_file": config_files, "imag_size": 3}))
     assert [k for k, _, _ in unknown_override_keys([MONAI_MAIN, "run", "training", "--args_file", str(args_file)])] == [

@@ -256,7 +256,7 @@ def unknown_override_keys(argv: Sequence[str] | None = None) -> list[tuple[str, 
     if not files:
         return []
     files = [str(f) for f in (files if isinstance(files, (list, tuple)) else [files])]
-    known = _top_ids(files)
+    known = _top_ids(files) | _tracking_ids(given.get("tracking"))
     unknown = []
     for key in given:
         if key in own or key.startswith("_"):
@@ -265,6 +265,24 @@ def unknown_override_keys(argv: Sequence[str] | None = None) -> list[tuple[str, 
         if top not in known:
             unknown.append((top, files, _closest(top, sorted(k for k in known if not k.startswith("_")))))
     return unknown
+
+
+def _tracking_ids(tracking) -> set[str]:
+    """Ids that ``--tracking`` adds to the config (MONAI's MLflow settings, or a settings file's ``configs``):
+    ``--tracking mlflow --tracking_uri ...`` sets them, so they are settings of this run."""
+    if isinstance(tracking, str):
+        tracking = _fire_value(tracking)
+    if not tracking:
+        return set()
+    if tracking == "mlflow":
+        from monai.bundle.utils import DEFAULT_MLFLOW_SETTINGS
+
+        return set(DEFAULT_MLFLOW_SETTINGS["configs"])
+    if isinstance(tracking, str) and Path(tracking).is_file():
+        from monai.bundle import ConfigParser
+
+        tracking = ConfigParser.load_config_file(tracking)
+    return set(tracking.get("configs", {})) if isinstance(tracking, dict) else set()
 
 
 def _similar(a: str, b: str) -> float:
