@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from conftest import in_ci
+from test_bad_input import Demo, tiny_overlay
 
 REPO = Path(__file__).resolve().parents[1]
 SYNAPSE = REPO / "bundles" / "synapse"
@@ -22,27 +22,7 @@ def test_mlflow_tracking_logs_every_loss_term_offline(tiny_demo, tmp_path):
             pytest.fail("mlflow not installed: the CI install is .[test,mlflow]", pytrace=False)
         pytest.skip("mlflow not installed (pip install -e '.[mlflow]')")
     out = tmp_path / "run"
-    overlay = tmp_path / "tiny.json"
-    overlay.write_text(
-        json.dumps(
-            {
-                "datalist": str(tiny_demo),
-                "dataset_dir": str(tiny_demo.parent),
-                "output_dir": str(out),
-                "stack_dir": str(tmp_path / "stack"),
-                "stack_generator": "appearance",
-                "stack_n": 2,
-                "input_size": [48, 48],
-                "max_epochs": 2,
-                "batch_size": 8,
-                "num_workers": 0,
-                "val_interval": 1,
-                "network_name": "basic_unet",
-                "networks#basic_unet#features": [4, 4, 8, 8, 16, 4],
-                "device": "$torch.device('cpu')",
-            }
-        )
-    )
+    overlay = tiny_overlay(tmp_path / "tiny.json", Demo(tiny_demo), out, tmp_path / "stack")
     configs = str([str(SYNAPSE / "train.json"), str(overlay)])
     cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", configs]
     cmd += ["--tracking", str(SYNAPSE / "mlflow.json")]
