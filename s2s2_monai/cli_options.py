@@ -37,6 +37,7 @@ __all__ = [
     "options_for",
     "add_bundle_preprocessing",
     "bundle_preprocessing",
+    "bundle_model",
     "reset_aliases",
 ]
 
@@ -222,3 +223,22 @@ def bundle_preprocessing(args: argparse.Namespace):
     if getattr(args, "data_root", None):
         overrides["dataset_dir"] = str(args.data_root)
     return BundleModel.preprocessing_from_configs(args.config, {**overrides, **parse_sets(args.set)})
+
+
+def bundle_model(args: argparse.Namespace, configs: list[str], extra: dict | None = None):
+    """The :class:`~s2s2_monai.model.BundleModel` of ``configs`` + ``--set`` (+ ``extra`` overrides) with
+    ``--checkpoint`` loaded, on ``--device`` (default cuda when available)."""
+    from pathlib import Path
+
+    import torch
+
+    from s2s2_monai.errors import S2S2InputError
+    from s2s2_monai.model import BundleModel
+
+    if not Path(args.checkpoint).is_file():  # before the (slow) bundle config is parsed
+        raise S2S2InputError(
+            args.checkpoint, "checkpoint file not found", "pass the models/model.pt written by training (--checkpoint)"
+        )
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    overrides = {**(extra or {}), **parse_sets(args.set)}
+    return BundleModel.from_configs(configs, overrides, checkpoint=args.checkpoint, device=device)

@@ -263,12 +263,11 @@ class BundleModel:
 
     def check_datalist(self, dl) -> None:
         """Refuse a datalist whose label map differs from the model's (other organ ids or names)."""
-        if dl.label_map is not None and dict(dl.label_map.classes) != dict(self.label_map.classes):
-            raise S2S2InputError(
-                dl.path,
-                f"declares the organs {_short(dl.label_map.classes)}, the model predicts {_short(self.label_map.classes)}",
-                "use a datalist of the model's label map (or remap its labels with label_remap)",
-            )
+        dl.require_label_map(
+            self.label_map,
+            "the model's",
+            "use a datalist of the model's label map (or remap its labels with label_remap)",
+        )
 
     # ------------------------------------------------------------------ inference
     def inferer(self, batch_size: int | None = None):

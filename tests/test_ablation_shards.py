@@ -6,43 +6,25 @@ Tiny ablations as in tests/test_ablation.py (4 phantom cases of 48x48x8, 1 epoch
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from test_ablation import _tiny_sets
+from test_bad_input import ENV
 
 from s2s2_monai.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 SUMMARY = ("ablation.csv", "ablation.json", "report.html")
 
 
 def _argv(tiny_demo: Path, out: Path, arms: str = "enc+dec,baseline", seeds: int = 2) -> list[str]:
-    sets = {
-        "datalist": str(tiny_demo),
-        "dataset_dir": str(tiny_demo.parent),
-        "input_size": [32, 32],
-        "max_epochs": 1,
-        "batch_size": 4,
-        "num_workers": 0,
-        "val_interval": 1,
-        "stack_n": 2,
-        "stack_generator": "appearance",
-        "stack_dir": "$@output_dir + '/stack_' + @stack_generator",  # OUT/stack_appearance (evaluated with OUT)
-        "network_name": "basic_unet",
-        "networks#basic_unet#features": [4, 4, 8, 8, 16, 4],
-        "amp": False,
-        "device": "$torch.device('cpu')",
-    }
     argv = ["ablation", "--config", str(REPO / "bundles/synapse/train.json"), "--out", str(out), "--arms", arms,
             "--seeds", str(seeds), "--corruptions", "gaussian_noise", "--severities", "1", "--bootstrap", "100",
             "--no-progress"]  # fmt: skip
-    for k, v in sets.items():
-        argv += ["--set", f"{k}={v if isinstance(v, str) else json.dumps(v)}"]
-    return argv
+    return argv + _tiny_sets(tiny_demo)
 
 
 def _stamps(out: Path) -> dict[str, int]:

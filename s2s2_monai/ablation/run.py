@@ -239,7 +239,9 @@ def _score(plan: AblationPlan, arm: Arm, seed: int, run_dir: Path, progress: boo
     from s2s2_monai.transforms import intensity_for
 
     overrides = {**plan.sets, **arm.overrides, "output_dir": str(run_dir), "seed": seed}
-    device = plan.device or ("cuda" if _cuda() else "cpu")
+    import torch
+
+    device = plan.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = BundleModel.from_configs(
         plan.arm_configs(arm), overrides, checkpoint=run_dir / "models" / "model.pt", device=device
     )
@@ -276,12 +278,6 @@ def _score(plan: AblationPlan, arm: Arm, seed: int, run_dir: Path, progress: boo
                 bar.update()
             bar.close()
     return rows
-
-
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 def run_ablation(plan: AblationPlan, n_boot: int = 2000, progress: bool = True) -> dict:

@@ -129,14 +129,11 @@ def require_data(
         if label_map is not None:
             from s2s2_monai.label_maps import get_label_map
 
-            wanted = get_label_map(label_map)
-            if dict(wanted.classes) != dict(dl.label_map.classes):
-                raise S2S2InputError(
-                    datalist,
-                    f"declares the organs {dict(dl.label_map.classes)}, the bundle's label_map is {wanted.name!r} "
-                    f"{dict(wanted.classes)}",
-                    "drop the --label_map override (the bundle takes the datalist's map), or remap the labels",
-                )
+            dl.require_label_map(
+                get_label_map(label_map),
+                "the bundle's",
+                "drop the --label_map override (the bundle takes the datalist's map), or remap the labels",
+            )
         missing = [
             e[k]
             for s in sections

@@ -238,6 +238,20 @@ class Datalist:
                     found.append(Overlap("leak", section, i, mine[i], test, j, theirs[j], how))
         return found
 
+    def require_label_map(self, expected: LabelMap, whose: str, fix: str) -> None:
+        """Refuse this datalist when it declares other organs (ids or names) than ``expected``, ``whose`` map.
+
+        Raises:
+            S2S2InputError: one line naming the datalist and both maps.
+        """
+        if self.label_map is not None and dict(self.label_map.classes) != dict(expected.classes):
+            raise S2S2InputError(
+                self.path,
+                f"declares the organs {dict(self.label_map.classes)}, {whose} label map {expected.name!r} is "
+                f"{dict(expected.classes)}",
+                fix,
+            )
+
     def shared_images(self, section: str, other: str) -> list[str]:
         """Image paths of ``section`` that are images of ``other`` too (by identity: real path, then bytes).
 

@@ -10,20 +10,20 @@ __all__ = ["register"]
 def _predict(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from s2s2_monai.cli_options import bundle_model
     from s2s2_monai.errors import S2S2InputError
     from s2s2_monai.evaluation.predictions import find_inputs, predict_to_folder
-    from s2s2_monai.robustness.commands import model_from_args
 
     if args.batch_size is not None and args.batch_size < 1:
         raise S2S2InputError("--batch-size", f"got {args.batch_size}", "pass a whole number >= 1, e.g. --batch-size 32")
     for c in args.config:
         if not Path(c).is_file():
             raise S2S2InputError(c, "config file not found", "give the bundle config files the model was trained with")
-    find_inputs(args.input)  # bad input before the (slow) model is built
-    model = model_from_args(args, args.config)
+    inputs = find_inputs(args.input)  # bad input before the (slow) model is built
+    model = bundle_model(args, args.config)
     predict_to_folder(
         model,
-        args.input,
+        inputs,
         args.out,
         overwrite=args.overwrite,
         batch_size=args.batch_size,

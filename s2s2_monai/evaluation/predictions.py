@@ -64,7 +64,7 @@ def find_inputs(inputs, section: str = "test", data_root: str | os.PathLike | No
     """The volumes named by ``inputs``, each with its output case name (names must be distinct).
 
     ``inputs``: a NIfTI file, a DICOM series folder, a folder of NIfTI files and/or DICOM series
-    folders, a datalist JSON (its ``section``), or a list of paths.
+    folders, a datalist JSON (its ``section``), a list of paths, or the list this function returned.
 
     Raises:
         S2S2InputError: nothing found, a missing path, or two inputs with the same case name.
@@ -72,7 +72,9 @@ def find_inputs(inputs, section: str = "test", data_root: str | os.PathLike | No
     from s2s2_monai.data.datalist import load_datalist
 
     fix = "give NIfTI files (.nii/.nii.gz), DICOM series folders, a folder of them, or a datalist JSON"
-    if isinstance(inputs, (list, tuple)):
+    if isinstance(inputs, (list, tuple)) and all(isinstance(i, PredictionInput) for i in inputs):
+        found = list(inputs)  # found already (the CLI checks its input before building the model)
+    elif isinstance(inputs, (list, tuple)):
         found = [PredictionInput(str(p), output_name(p)) for p in inputs]
     else:
         p = Path(inputs)

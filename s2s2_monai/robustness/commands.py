@@ -42,25 +42,8 @@ def resolve_configs(configs: list[str] | None, bundle: str) -> list[str] | None:
     return out
 
 
-def model_from_args(args: argparse.Namespace, configs: list[str], extra: dict | None = None):
-    """The :class:`~s2s2_monai.model.BundleModel` of ``--config`` + ``--set`` (+ ``extra`` overrides) and ``--checkpoint``."""
-    import torch
-
-    from s2s2_monai.cli_options import parse_sets
-    from s2s2_monai.errors import S2S2InputError
-    from s2s2_monai.model import BundleModel
-
-    if not Path(args.checkpoint).is_file():  # before the (slow) bundle config is parsed
-        raise S2S2InputError(
-            args.checkpoint, "checkpoint file not found", "pass the models/model.pt written by training (--checkpoint)"
-        )
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    overrides = {**(extra or {}), **parse_sets(args.set)}
-    return BundleModel.from_configs(configs, overrides, checkpoint=args.checkpoint, device=device)
-
-
 def _robustness(args: argparse.Namespace) -> int:
-    from s2s2_monai.cli_options import options_for
+    from s2s2_monai.cli_options import bundle_model, options_for
     from s2s2_monai.robustness.run import robustness_evaluation
 
     configs = resolve_configs(args.config, args.bundle) or [str(Path(args.bundle) / "train.json")]
@@ -69,7 +52,7 @@ def _robustness(args: argparse.Namespace) -> int:
         extra["label_map"] = args.label_map
     if args.hd95:
         extra["hd95"] = args.hd95
-    model = model_from_args(args, configs, extra)
+    model = bundle_model(args, configs, extra)
     result = robustness_evaluation(
         model,
         **options_for(
