@@ -78,7 +78,11 @@ def test_train_bundle_runs_and_leaves_checkpoint_logs_and_dice(trained):
     assert set(state) == {"network", "optimizer", "lr_scheduler", "trainer"}
     assert state["trainer"]["iteration"] == 2 * state["trainer"]["epoch_length"]
     assert state["lr_scheduler"]["last_epoch"] == state["trainer"]["iteration"]  # poly decay steps per iteration
-    assert list(run.glob("events.out.tfevents.*"))
+    (events,) = run.glob("events.out.tfevents.*")  # one writer for training and validation: no empty second file
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tags = EventAccumulator(str(events)).Reload().Tags()["scalars"]
+    assert {"loss_seg", "loss_enc", "loss_dec", "val_mean_dice"} <= set(tags), tags
     metrics = dict(line.split(",") for line in (run / "metrics.csv").read_text().splitlines())
     assert 0.0 <= float(metrics["val_mean_dice"]) <= 1.0 and "val_dice_liver" in metrics
     assert (trained["root"] / "stack" / "manifest.json").is_file()

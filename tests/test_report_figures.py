@@ -72,7 +72,7 @@ def test_robustness_figures_with_7_levels(tmp_path):
         "seed": 0,
         "dice": {
             "clean": {"mean_dice": 0.8, "n": 2},
-            "gamma": {"1": {"mean_dice": 0.7, "drop": -0.1}, "3": {"mean_dice": 0.5, "drop": -0.3}},
+            "gamma": {"1": {"mean_dice": 0.7, "degradation": 0.1}, "3": {"mean_dice": 0.5, "degradation": 0.3}},
         },  # fmt: skip
         "scores": {"mean_dice_per_severity": {"1": 0.7, "3": 0.5}, "mean_degradation": 0.2},
     }

@@ -127,7 +127,7 @@ def test_robustness_report_lists_every_corruption_at_every_severity(tiny_demo, t
         for level in ("1", "4"):
             vals = [float(r["mean_dice"]) for r in rows if r["corruption"] == name and r["severity"] == level]
             assert rob["dice"][name][level]["mean_dice"] == pytest.approx(np.mean(vals))
-            assert rob["dice"][name][level]["drop"] == pytest.approx(np.mean(vals) - clean)
+            assert rob["dice"][name][level]["degradation"] == pytest.approx(clean - np.mean(vals))  # positive = worse
     per_level = rob["scores"]["mean_dice_per_severity"]
     assert per_level["4"] == pytest.approx(np.mean([rob["dice"][c]["4"]["mean_dice"] for c in CORRUPTIONS]))
     drops = [clean - rob["dice"][c][v]["mean_dice"] for c in CORRUPTIONS for v in ("1", "4")]

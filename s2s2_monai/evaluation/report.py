@@ -92,7 +92,7 @@ def summarize(ev: MetricTable, n_boot: int = 10000, seed: int = 0) -> dict:
         comp = {
             "baseline": base,
             "method": m,
-            "difference": "method - baseline, paired over cases",
+            "difference": "method - baseline, paired over cases (Dice: positive = method better; HD95, ASSD: negative = method better)",
             "ci": f"95% percentile bootstrap ({n_boot} resamples, seed {seed})",
             "test": "Wilcoxon signed-rank, two-sided",
             "per_class": {ev.class_names[c]: {k: paired(k, c) for k in keys} for c in ev.class_names},

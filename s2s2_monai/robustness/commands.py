@@ -65,7 +65,7 @@ def _robustness(args: argparse.Namespace) -> int:
     for name, levels in dice.items():
         for level, r in ({} if name == "clean" else levels).items():
             print(
-                f"{name + '@' + level:>15}: mean Dice {fmt(r['mean_dice'])} over {r['n']} volumes (drop {fmt(r['drop'])})"
+                f"{name + '@' + level:>15}: mean Dice {fmt(r['mean_dice'])} over {r['n']} volumes (degradation {r['degradation']:+.4f})"
             )
     print(f"wrote {args.out}/report.html, metrics.csv, summary.json, robustness.csv, robustness.json")
     return 0
@@ -82,7 +82,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "robustness",
         help="Dice on seeded corrupted copies of test volumes vs clean (scanner artefacts, CT degradations)",
         description=(
-            f"Segment the labelled cases of a datalist section clean and in seeded corrupted copies, and report the Dice drop. "
+            f"Segment the labelled cases of a datalist section clean and in seeded corrupted copies, and report the Dice degradation (clean - corrupted; positive = worse). "
             f"Corruptions: {', '.join(CORRUPTION_NAMES)}; each is graded in severities {', '.join(map(str, SEVERITIES))} "
             f"(mildest first; --severities, default {DEFAULT_SEVERITY}, the upstream setting)."
         ),

@@ -11,7 +11,7 @@ and compared with ``clean`` case by case) plus:
 
 - ``robustness.csv``: one row per corruption x severity x copy x case (seed, mean Dice, Dice per class);
 - ``robustness.json``: the parameters of every level; ``dice``: the clean score and, per corruption
-  and severity, mean Dice and its drop vs clean; ``scores``: mean Dice per severity (over
+  and severity, mean Dice and its degradation (clean - corrupted, positive = worse); ``scores``: mean Dice per severity (over
   corruptions) and the degradation (:func:`~s2s2_monai.robustness.scores.degradation`);
 - ``figures/robustness_dice.png``: Dice vs severity, one line per corruption, the clean score
   dashed; linked from a "Robustness" section of ``report.html``.
@@ -92,8 +92,8 @@ def _html_section(robustness: dict) -> str:
     sev = robustness["severities"]
     clean = robustness["dice"]["clean"]
 
-    def degradation_of(level: dict) -> float:  # clean - corrupted: positive = worse (robustness.json's drop = -this)
-        return level["degradation"] if "degradation" in level else clean["mean_dice"] - level["mean_dice"]
+    def degradation_of(level: dict) -> float:  # clean - corrupted: positive = worse
+        return clean["mean_dice"] - level["mean_dice"]
 
     rows = [
         "<h2>Robustness</h2>",
@@ -234,7 +234,7 @@ def robustness_evaluation(
         dice[name] = {}
         for level in severities:
             r = stats(scores[name][level])
-            dice[name][str(level)] = {**r, "drop": r["mean_dice"] - clean["mean_dice"]}
+            dice[name][str(level)] = {**r, "degradation": clean["mean_dice"] - r["mean_dice"]}  # positive = worse
     curve = {n: {v: dice[n][str(v)]["mean_dice"] for v in severities} for n in corruptions}
     robustness = {
         "section": section,
