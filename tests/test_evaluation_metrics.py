@@ -165,6 +165,14 @@ def test_surface_building_blocks(real_pair):
             old = torch_boxes.get(c, box)
             torch_boxes[c] = tuple(slice(min(a.start, b.start), max(a.stop, b.stop)) for a, b in zip(old, box))
     assert boxes == torch_boxes
+    assert class_boxes([np.asfortranarray(pred), np.asfortranarray(gt)], 0) == boxes  # nibabel's memory order
+    for hd95 in HD95_DEFINITIONS:  # Fortran-ordered volumes (as nibabel reads them; scored on the transposed view)
+        f_order = compute_case_metrics(
+            np.asfortranarray(pred), np.asfortranarray(gt), (0.8, 1.3, 3.0), range(1, 9), hd95
+        )
+        c_order = compute_case_metrics(pred, gt, (0.8, 1.3, 3.0), range(1, 9), hd95)
+        for c in c_order:  # the same distances, summed in another order: equal to rounding
+            assert f_order[c] == pytest.approx(c_order[c], rel=1e-12, nan_ok=True), (hd95, c)
     for c, box in boxes.items():
         union = (pred == c) | (gt == c)
         assert ndimage.find_objects(union.astype(np.uint8))[0] == box
@@ -198,16 +206,65 @@ def test_surfel_normals_table_is_monais():
     from s2s2_monai.evaluation.surface import _normals_table, surfel_area_table
 
     ref = _get_neighbour_code_to_normals_table("cpu").to(torch.float64)
-    assert torch.equal(_normals_table(), ref)
+    assert np.array_equal(_normals_table(), ref.numpy())
     spacing = (0.7, 1.1, 2.9)
     s = torch.tensor([spacing[1] * spacing[2], spacing[0] * spacing[2], spacing[0] * spacing[1]], dtype=torch.float64)
-    assert torch.equal(surfel_area_table(spacing), torch.linalg.norm(ref * s, dim=-1).sum(-1))
+    np.testing.assert_allclose(
+        surfel_area_table(spacing), torch.linalg.norm(ref * s, dim=-1).sum(-1).numpy(), rtol=1e-15
+    )
     try:
         from surface_distance import lookup_tables
     except ImportError:
         return
     np.testing.assert_allclose(
-        surfel_area_table(spacing).numpy(),
+        surfel_area_table(spacing),
         lookup_tables.create_table_neighbour_code_to_surface_area(spacing),
         rtol=1e-12,
+    )
+
+
+def test_quantile_float32_is_torch_quantile_bit_for_bit():
+    """The CPU path's "monai" HD95 reproduces torch.quantile(float32) exactly (its fused lerp included)."""
+    from s2s2_monai.evaluation.metrics import quantile_float32
+
+    rng = np.random.default_rng(7)
+    for i in range(3000):
+        n = int(rng.integers(1, 3000))
+        draws = (
+            rng.random(n) * 100,
+            np.sqrt(rng.integers(0, 2000, n) * 0.7),  # surface distances: square roots of lattice sums
+            rng.exponential(5.0, n),
+        )
+        x = draws[i % 3].astype(np.float32)
+        assert quantile_float32(x, 0.95) == float(torch.quantile(torch.from_numpy(x), 0.95)), (i, n)
+
+
+@pytest.mark.parametrize("hd95", HD95_DEFINITIONS)
+def test_device_path_gives_the_cpu_numbers(real_pair, hd95):
+    """The torch (GPU) path of every building block, run on CPU tensors, gives the numpy path's numbers."""
+    from s2s2_monai.evaluation import metrics as m
+
+    pred, gt = real_pair
+    spacing = (0.8, 1.3, 3.0)
+    table = m.surfel_area_table(spacing)
+    for c, box in class_boxes([pred, gt], 9).items():
+        pn, gn = crop_padded(pred, box, c), crop_padded(gt, box, c)
+        pt, gt_t = crop_padded(torch.from_numpy(pred), box, c), crop_padded(torch.from_numpy(gt), box, c)
+        assert torch.is_tensor(pt) and np.array_equal(pt.numpy(), pn)
+        if not (pn.any() and gn.any()):
+            continue
+        if hd95 == "surface-distance":
+            assert m._surfel_metrics(pt, gt_t, spacing, table) == pytest.approx(
+                m._surfel_metrics(pn, gn, spacing, table), rel=1e-12
+            )
+        else:
+            assert m._voxel_edges_metrics(pt, gt_t, spacing, hd95) == pytest.approx(
+                m._voxel_edges_metrics(pn, gn, spacing, hd95), rel=1e-12
+            )
+    k = 9
+    assert all(
+        np.array_equal(a, b)
+        for a, b in zip(
+            m.dice_per_class(torch.from_numpy(pred), torch.from_numpy(gt), k), m.dice_per_class(pred, gt, k)
+        )
     )

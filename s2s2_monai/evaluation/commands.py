@@ -29,6 +29,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         n_boot=args.bootstrap,
         seed=args.seed,
         allow_missing=args.allow_missing,
+        workers=args.workers,
     )
     s = summary["settings"]
     dice_key = "dice"
@@ -100,6 +101,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="score only the labelled cases that were predicted (several methods: those every method predicted) "
         "and report the others (a note line, summary.json settings.missing_predictions) instead of refusing",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="processes scoring cases in parallel (default: the CPU count; 1 = none); same numbers for any N",
     )
     add_no_progress(p)
     p.set_defaults(func=_evaluate)

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from s2s2_monai.data.volumes import case_id_of, read_nifti_ras
 from s2s2_monai.errors import S2S2InputError
@@ -214,7 +213,7 @@ def load_pair(
     """Load a prediction and its label in RAS on the same grid.
 
     Returns:
-        ``(pred, label, affine)``: uint8/int64 (X, Y, Z) tensors and the RAS affine (numpy).
+        ``(pred, label, affine)``: uint8/int64 (X, Y, Z) numpy arrays and the RAS affine.
 
     Raises:
         S2S2InputError: unreadable file, NaN/non-integer prediction, ids outside ``valid_ids``,
@@ -250,4 +249,4 @@ def load_pair(
         g = g.astype(np.uint8)
     _check_ids(p, pred_path, valid_ids, "prediction")
     _check_ids(g, label_path, valid_ids, "label")
-    return torch.from_numpy(p), torch.from_numpy(g), a
+    return p, g, a

@@ -10,10 +10,27 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["predict_volume", "network_device", "first_output"]
+__all__ = ["predict_volume", "network_device", "first_output", "as_volume_tensor"]
+
+
+def as_volume_tensor(x, what: str = "volume") -> torch.Tensor:
+    """(X, Y, Z) or (1, X, Y, Z) ndarray/tensor/MetaTensor -> plain (X, Y, Z) tensor (no copy when possible)."""
+    t = (
+        x.as_tensor()
+        if hasattr(x, "as_tensor")
+        else x
+        if isinstance(x, torch.Tensor)
+        else torch.as_tensor(np.asarray(x))
+    )
+    if t.ndim == 4 and t.shape[0] == 1:
+        t = t[0]
+    if t.ndim != 3:
+        raise ValueError(f"expected an (X, Y, Z) or (1, X, Y, Z) {what}, got shape {tuple(t.shape)}")
+    return t
 
 
 def network_device(network: torch.nn.Module, fallback: torch.device | str | None = None) -> torch.device:
@@ -71,8 +88,6 @@ def predict_volume(
         int64 (X, Y, Z) labels (argmax over classes), or (C, X, Y, Z) logits, on ``device``.
     """
     device = torch.device(device) if device is not None else network_device(network)
-    from s2s2_monai.evaluation.metrics import as_volume_tensor
-
     vol = as_volume_tensor(image)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")

@@ -19,7 +19,7 @@ import torch
 from scipy.ndimage import zoom
 
 from s2s2_monai.evaluation.inference import first_output, network_device
-from s2s2_monai.evaluation.metrics import as_label_tensor, compute_case_metrics, dice_per_class
+from s2s2_monai.evaluation.metrics import as_label_array, compute_case_metrics, dice_per_class
 
 __all__ = ["LEGACY_INPUT_SIZE", "LEGACY_KEYS", "legacy_predict_volume", "legacy_case_metrics", "legacy_summary"]
 
@@ -74,11 +74,11 @@ def legacy_predict_volume(
 
 def legacy_case_metrics(pred, gt, class_ids: Iterable[int]) -> dict[int, dict[str, float]]:
     """TransUNet ``calculate_metric_percase`` for every class: ``{id: {"dice", "hd95_vox"}}``."""
-    pred_t = as_label_tensor(pred)
-    gt_t = as_label_tensor(gt, device=pred_t.device)
+    pred_t = as_label_array(pred)
+    gt_t = as_label_array(gt, like=pred_t)
     class_ids = [int(c) for c in class_ids]
     k = max([*class_ids, int(pred_t.max()), int(gt_t.max())]) + 1
-    _, n_pred, n_gt = (v.cpu() for v in dice_per_class(pred_t, gt_t, k))
+    _, n_pred, n_gt = dice_per_class(pred_t, gt_t, k)
     both = [c for c in class_ids if n_pred[c] > 0 and n_gt[c] > 0]
     measured = compute_case_metrics(pred_t, gt_t, (1.0, 1.0, 1.0), both, hd95="medpy") if both else {}
     out = {}

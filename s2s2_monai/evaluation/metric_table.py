@@ -11,10 +11,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 
-from s2s2_monai.evaluation.legacy import legacy_case_metrics
-from s2s2_monai.evaluation.metrics import DEFAULT_HD95, EMPTY_POLICY, as_label_tensor, check_hd95, compute_case_metrics
+from s2s2_monai.arrays import is_torch
+from s2s2_monai.evaluation.metrics import DEFAULT_HD95, EMPTY_POLICY, as_label_array, check_hd95, compute_case_metrics
 from s2s2_monai.evaluation.surface import class_boxes
 
 __all__ = ["WorstSlice", "MetricTable"]
@@ -45,6 +44,7 @@ class MetricTable:
         label_map: name written into the settings.
         model: which weights were evaluated (``{"checkpoint": path, "selection": "last", "epoch": ...}``),
             written into the settings and the report.
+        extra_settings: more entries of :meth:`settings` (e.g. the missing predictions of ``--allow-missing``).
     """
 
     class_names: Mapping[int, str]
@@ -52,6 +52,7 @@ class MetricTable:
     legacy_transunet: bool = False
     label_map: str | None = None
     model: dict | None = None
+    extra_settings: dict = field(default_factory=dict)
     rows: list[dict] = field(default_factory=list)
     worst: dict[tuple[str, int], WorstSlice] = field(default_factory=dict)
     methods: list[str] = field(default_factory=list)
@@ -81,6 +82,7 @@ class MetricTable:
                 "averaging": "mean over cases per class, then over classes",
                 "label_map": self.label_map,
                 "model": self.model,
+                **self.extra_settings,
             }
         return {
             "protocol": "default",
@@ -90,6 +92,7 @@ class MetricTable:
             "averaging": "per class: mean over cases with the class in prediction or ground truth; overall: mean over cases of the per-case class mean",
             "label_map": self.label_map,
             "model": self.model,
+            **self.extra_settings,
         }
 
     def add(
@@ -104,16 +107,18 @@ class MetricTable:
             method: name of the method (one per prediction folder).
             image: optional (X, Y, Z) image for the worst-slice overlays.
         """
-        pred_t = as_label_tensor(pred)
-        gt_t = as_label_tensor(gt, device=pred_t.device)
+        pred_t = as_label_array(pred)  # numpy on CPU, a tensor on its GPU
+        gt_t = as_label_array(gt, like=pred_t)
         if method not in self.methods:
             self.methods.append(method)
         ids = list(self.class_names)
         self._case_boxes = None  # this case's class boxes: found once, for the metrics and the worst slices
         if self.legacy_transunet:
+            from s2s2_monai.evaluation.legacy import legacy_case_metrics
+
             metrics = legacy_case_metrics(pred_t, gt_t, ids)
         else:
-            if pred_t.device.type == "cpu" and pred_t.shape == gt_t.shape:
+            if not is_torch(pred_t) and pred_t.shape == gt_t.shape:
                 self._case_boxes = class_boxes([pred_t, gt_t], 0)  # num_classes is only used on a GPU
             metrics = compute_case_metrics(pred_t, gt_t, spacing, ids, hd95=self.hd95, boxes=self._case_boxes)
         for c in ids:
@@ -129,33 +134,45 @@ class MetricTable:
         key = (method, c)
         if key in self.worst and self.worst[key].dice <= dice:
             return
-        if pred_t.device.type == "cpu":  # numpy on the class's bounding box: no full-volume torch passes
-            pn, gn = pred_t.numpy(), gt_t.numpy()
-            box = self._box_of(pn, gn, c)
-            per_z = np.count_nonzero((pn[box] == c) ^ (gn[box] == c), axis=(0, 1)) if box else np.zeros(1)
-            z = int(np.argmax(per_z)) + box[2].start if box and per_z.max() > 0 else 0  # torch.argmax of zeros: 0
-            p, g = torch.from_numpy(pn[:, :, z] == c), torch.from_numpy(gn[:, :, z] == c)
-        else:
+        if is_torch(pred_t):  # on the GPU: whole-volume passes there
             p, g = pred_t == c, gt_t == c
-            z = int(torch.argmax((p ^ g).sum(dim=(0, 1))).item())
-            p, g = p[:, :, z], g[:, :, z]
+            z = int((p ^ g).sum(dim=(0, 1)).argmax())
+            p, g = p[:, :, z].cpu().numpy(), g[:, :, z].cpu().numpy()
+        else:  # numpy on the class's bounding box
+            box = self._box_of(pred_t, gt_t, c)
+            per_z = np.count_nonzero((pred_t[box] == c) ^ (gt_t[box] == c), axis=(0, 1)) if box else np.zeros(1)
+            z = int(np.argmax(per_z)) + box[2].start if box and per_z.max() > 0 else 0  # argmax of zeros: 0
+            p, g = pred_t[:, :, z] == c, gt_t[:, :, z] == c
         img = None
         if image is not None:
-            vol = (
-                image.as_tensor()
-                if hasattr(image, "as_tensor")
-                else torch.as_tensor(np.asarray(image) if not isinstance(image, torch.Tensor) else image)
-            )
+            vol = image.as_tensor() if hasattr(image, "as_tensor") else image
             vol = vol[0] if vol.ndim == 4 else vol
-            img = vol[:, :, z].detach().float().cpu().numpy()
-        self.worst[key] = WorstSlice(method, c, case, float(dice), z, p.cpu().numpy(), g.cpu().numpy(), img)
+            sl = vol[:, :, z]
+            img = (sl.detach().float().cpu().numpy() if is_torch(sl) else np.asarray(sl, dtype=np.float32)).copy()
+        self.worst[key] = WorstSlice(method, c, case, float(dice), z, p, g, img)
 
     def _box_of(self, pn: np.ndarray, gn: np.ndarray, c: int):
         """Bounding box of class ``c`` in prediction or ground truth (``None`` if absent); one
         ``find_objects`` pass per volume per case, shared with the metrics and the classes of that case."""
         if self._case_boxes is None:
-            self._case_boxes = class_boxes([torch.from_numpy(pn), torch.from_numpy(gn)], 0)
+            self._case_boxes = class_boxes([pn, gn], 0)
         return self._case_boxes.get(c)
+
+    def empty_copy(self) -> MetricTable:
+        """A table with the same settings and no rows (to score cases elsewhere and :meth:`merge` them)."""
+        return MetricTable(
+            self.class_names, self.hd95, self.legacy_transunet, self.label_map, self.model, self.extra_settings
+        )
+
+    def merge(self, other: MetricTable) -> None:
+        """Append ``other``'s rows and worst slices, as if its cases had been added here after ours."""
+        for m in other.methods:
+            if m not in self.methods:
+                self.methods.append(m)
+        self.rows += other.rows
+        for key, w in other.worst.items():
+            if key not in self.worst or w.dice < self.worst[key].dice:
+                self.worst[key] = w
 
     def cases(self, method: str) -> list[str]:
         """Case names of a method, in the order they were added."""

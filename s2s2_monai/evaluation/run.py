@@ -10,16 +10,20 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 from tqdm.auto import tqdm
 
 from s2s2_monai.atomic import remove_stale_temp, require_writable
 from s2s2_monai.errors import S2S2InputError, file_system_errors
 from s2s2_monai.evaluation.metric_table import MetricTable
 from s2s2_monai.evaluation.metrics import DEFAULT_HD95
-from s2s2_monai.evaluation.report import write_report
+from s2s2_monai.evaluation.report import preload_figures, write_report
 from s2s2_monai.label_maps import LabelMap, get_label_map
+from s2s2_monai.processes import can_fork
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["evaluate_folders", "evaluate_datalist", "numbered_label_map"]
 
@@ -50,6 +54,7 @@ def evaluate_folders(
     n_boot: int = 10000,
     seed: int = 0,
     allow_missing: bool = False,
+    workers: int | None = None,
 ) -> dict:
     """Score prediction folders (one per method) against a label folder and write the report.
 
@@ -66,14 +71,15 @@ def evaluate_folders(
             method predicted) instead of refusing; prints one ``note:`` line per method that misses
             cases (stderr) and records them in ``summary.json`` under ``settings`` (``missing_predictions``:
             ``{method: [cases]}``, ``left_out_predictions``, ``labelled_cases``, ``scored_cases``).
+        workers: processes scoring cases in parallel (default: the CPU count; 1 = in this process).
+            The numbers and the report do not depend on it (cases are merged in order).
 
     Returns:
         The summary written to ``summary.json``.
     """
     import sys
 
-    from s2s2_monai.data.volumes import load_volume, spacing_of
-    from s2s2_monai.evaluation.folders import load_pair, match_cases
+    from s2s2_monai.evaluation.folders import match_cases
 
     lm = get_label_map(label_map)
     match = match_cases(dict(pred_dirs), label_dir, allow_missing=allow_missing)
@@ -81,27 +87,55 @@ def evaluate_folders(
     remove_stale_temp(out_dir)  # what a killed earlier run left beside out_dir
     for note in match.notes():
         print(note, file=sys.stderr, flush=True)
+    ev = MetricTable(
+        lm.classes,
+        hd95=hd95,
+        legacy_transunet=legacy_transunet,
+        label_map=lm.name,
+        extra_settings=match.record() if allow_missing else {},  # summary.json's settings
+    )
     pairs = match.pairs
-    ev = MetricTable(lm.classes, hd95=hd95, legacy_transunet=legacy_transunet, label_map=lm.name)
-    if allow_missing:  # the table's settings() is what summarize() writes; add the record to it
-        table_settings = ev.settings
-        ev.settings = lambda: {**table_settings(), **match.record()}
-    for pair in tqdm(pairs, desc="evaluating", unit="case", disable=not progress):
-        pred, gt, affine = load_pair(pair.pred_path, pair.label_path, lm.valid_ids())
-        image = None
-        if image_dir is not None:
-            found = [Path(image_dir) / (pair.case + s) for s in (".nii.gz", ".nii")]
-            found = [p for p in found if p.exists()]
-            if found:
-                image = load_volume(found[0])
-                if tuple(image.shape[1:]) != tuple(pred.shape):
-                    raise S2S2InputError(
-                        found[0],
-                        f"image grid {tuple(image.shape[1:])} differs from prediction grid {tuple(pred.shape)}",
-                        "give the images the predictions were made from",
-                    )
-        ev.add(pair.case, pred, gt, spacing_of(affine), method=pair.method, image=image)
+    jobs = [(pair, ev.empty_copy(), lm.valid_ids(), image_dir) for pair in pairs]
+    workers = max(1, min(int(workers) if workers else os.cpu_count() or 1, len(jobs)))
+    if not can_fork():
+        workers = 1  # spawned workers would re-import everything: slower than scoring here
+    bar = dict(total=len(jobs), desc="evaluating", unit="case", disable=not progress)
+    if workers == 1:
+        parts = map(_score_pair, jobs)
+        for part in tqdm(parts, **bar):
+            ev.merge(part)
+    else:  # nnU-Net style: one process per case (forked: no re-import), merged in case order
+        from s2s2_monai.processes import fork_pool
+
+        with fork_pool(workers) as pool:
+            parts = pool.map(_score_pair, jobs)  # the workers start here
+            preload_figures()  # while they score
+            for part in tqdm(parts, **bar):
+                ev.merge(part)
     return write_report(out_dir, ev, n_boot=n_boot, seed=seed)
+
+
+def _score_pair(job) -> MetricTable:
+    """Read one prediction / label pair (and its image), check it and score it into an empty table."""
+    from s2s2_monai.data.volumes import load_volume, spacing_of
+    from s2s2_monai.evaluation.folders import load_pair
+
+    pair, table, valid_ids, image_dir = job
+    pred, gt, affine = load_pair(pair.pred_path, pair.label_path, valid_ids)
+    image = None
+    if image_dir is not None:
+        found = [Path(image_dir) / (pair.case + s) for s in (".nii.gz", ".nii")]
+        found = [p for p in found if p.exists()]
+        if found:
+            image = load_volume(found[0])
+            if tuple(image.shape[1:]) != tuple(pred.shape):
+                raise S2S2InputError(
+                    found[0],
+                    f"image grid {tuple(image.shape[1:])} differs from prediction grid {tuple(pred.shape)}",
+                    "give the images the predictions were made from",
+                )
+    table.add(pair.case, pred, gt, spacing_of(affine), method=pair.method, image=image)
+    return table
 
 
 def evaluate_datalist(

@@ -13,6 +13,10 @@ Configuration (``--conf KEY VALUE``):
 - ``max_voxels`` (2**28): the most voxels an image's NIfTI header may declare (413 beyond it,
   checked before the data is decompressed).
 - ``infer_concurrency`` (1): inferences run at the same time; more requests wait their turn.
+- ``scoring_model`` (the first model), ``scoring_k`` (4), ``scoring_seed`` (0), ``scoring_mix`` (0.5),
+  ``scoring_flips`` (true): active learning (:mod:`s2s2_monai.label_app.scoring`): ``POST
+  /scoring/s2s2_disagreement`` scores the unlabeled studies, ``POST /activelearning/s2s2_uncertain``
+  answers the most uncertain one and its most uncertain slice.
 
 Bad requests get an HTTP error with the reason and the server keeps serving: unknown model
 (404), unknown image id (404), an upload that is not a readable 3D image or whose intensity range
@@ -508,6 +512,29 @@ class S2S2App(MONAILabelApp):
             "val_split": float(self.conf.get("val_split", 0.2)),
         }
         return {name: S2S2TrainTask(b, **kwargs) for name, b in self.bundles.items()}
+
+    def init_scoring_methods(self):
+        """``s2s2_disagreement``: S2S2 stack disagreement of ``--conf scoring_model`` (default: the first model)."""
+        from s2s2_monai.label_app.scoring import SCORING_METHOD, S2S2Scoring
+
+        if not self.bundles:
+            return {}
+        name = self.conf.get("scoring_model") or sorted(self.bundles)[0]
+        if name not in self.bundles:
+            raise S2S2InputError(
+                None, f"--conf scoring_model {name!r} is not a served model", f"use one of {sorted(self.bundles)}"
+            )
+        batch_size = int(_conf_number(self.conf, "batch_size", 32, whole=True))
+        return {SCORING_METHOD: S2S2Scoring(self.bundles[name], self.conf, batch_size=batch_size)}
+
+    def init_strategies(self):
+        """MONAI Label's ``random`` and ``first``, and ``s2s2_uncertain`` (the highest stack-disagreement score)."""
+        from monailabel.tasks.activelearning.first import First
+        from monailabel.tasks.activelearning.random import Random
+
+        from s2s2_monai.label_app.scoring import STRATEGY, MostUncertain
+
+        return {"random": Random(), "first": First(), STRATEGY: MostUncertain(self.bundles)}
 
     def on_init_complete(self) -> None:
         """MONAI Label's start-up jobs, then the app's routes on the server (:func:`install_routes`)."""
