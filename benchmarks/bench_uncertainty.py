@@ -20,10 +20,12 @@ rule) and the scores, in the same run:
 
 Prints Spearman's rho of each score with the true error and a 95 % bootstrap interval over volumes
 (2000 resamples), the per-group means, seconds per volume, and the slab test: a clean test phantom whose
-slices 10-15 alone are replaced by their severity-5 noise copy must have its most uncertain slice in
-10..15. Writes ``WORK/bench_uncertainty.json`` and ``WORK/uncertainty_vs_error.png``.
+slices 10-15 alone are replaced by their severity-5 copy under each of ``--slab-corruptions`` should have
+its most uncertain slice in 10..15 (printed beside it: the slice with the most wrongly labelled pixels, and
+how many organ pixels the model still predicts in the slab: a committee of the model's own predictions
+cannot see an organ that every member confidently misses). Writes ``WORK/bench_uncertainty.json`` and ``WORK/uncertainty_vs_error.png``.
 
-Run: ``python benchmarks/bench_uncertainty.py [--work runs/bench_uncertainty] [--k 4] [--corruptions gamma noise
+Run: ``python benchmarks/bench_uncertainty.py [--work runs/bench_uncertainty] [--k 4] [--corruptions gamma gaussian_noise
 motion bias_field]``.
 """
 
@@ -125,7 +127,8 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=ROOT / "runs" / "bench_uncertainty")
     ap.add_argument("--k", type=int, default=4)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--corruptions", nargs="+", default=["gamma", "noise", "motion", "bias_field"])
+    ap.add_argument("--corruptions", nargs="+", default=["gamma", "gaussian_noise", "motion", "bias_field"])
+    ap.add_argument("--slab-corruptions", nargs="+", default=["gaussian_noise", "motion", "gamma", "bias_field"])
     a = ap.parse_args()
     from s2s2_monai.active_learning.baselines import NoDropout, mc_dropout_entropy, tta_variance
     from s2s2_monai.active_learning.disagreement import stack_disagreement
@@ -188,23 +191,32 @@ def main() -> None:
         vals = "   ".join(f"{np.mean([r[m] for r in sel]):.4f}" for m in methods if m not in not_applicable)
         print(f"  {g:15s} (n={len(sel):2d})  {np.mean([r['error'] for r in sel]):.3f}   {vals}")
 
-    # the slab: a clean test phantom, slices 10-15 replaced by their severity-5 noise copy
+    # the slab: a clean test phantom, slices 10-15 replaced by their severity-5 corrupted copy
     case = list(model.cases(work / "data" / "datalist.json", "test", labelled_only=True))[0]
-    noisy = corrupt_volume(case.image, "noise", a.seed, case.spacing, severity=5)
-    slab = np.array(case.image, dtype=np.float32, copy=True)
-    slab[:, :, SLAB[0] : SLAB[1]] = noisy[:, :, SLAB[0] : SLAB[1]]
-    print(f"\nslab test ({case.case_id}, slices {SLAB[0]}-{SLAB[1] - 1} of {slab.shape[2]} replaced by noise@5):")
     slab_result = {}
-    for method, fn in methods.items():
-        if method in not_applicable:
-            continue
-        r = fn(slab)
-        z = r.most_uncertain_slice
-        inside = SLAB[0] <= z < SLAB[1]
+    for corruption in a.slab_corruptions:
+        corrupted = corrupt_volume(case.image, corruption, a.seed, case.spacing, severity=5)
+        slab = np.array(case.image, dtype=np.float32, copy=True)
+        slab[:, :, SLAB[0] : SLAB[1]] = corrupted[:, :, SLAB[0] : SLAB[1]]
+        pred = model.segment(slab).cpu().numpy()
+        wrong = [int(np.count_nonzero(pred[:, :, z] != case.label[:, :, z])) for z in range(slab.shape[2])]
+        organ = [int(np.count_nonzero(pred[:, :, z])) for z in range(SLAB[0], SLAB[1])]
         print(
-            f"  {method:20s} most uncertain slice {z} ({'inside' if inside else 'OUTSIDE'} the slab), score {r.slice_scores[z]:.4f}"
+            f"\nslab test ({case.case_id}, slices {SLAB[0]}-{SLAB[1] - 1} of {slab.shape[2]} replaced by {corruption}@5; "
+            f"most wrongly labelled pixels in slice {int(np.argmax(wrong))}; organ pixels predicted in the slab {organ}):"
         )
-        slab_result[method] = {"slice": z, "inside": inside, "slice_scores": [float(v) for v in r.slice_scores]}
+        entry = {"wrong_pixels_per_slice": wrong, "organ_pixels_in_slab": organ}
+        for method, fn in methods.items():
+            if method in not_applicable:
+                continue
+            r = fn(slab)
+            z = r.most_uncertain_slice
+            inside = SLAB[0] <= z < SLAB[1]
+            print(
+                f"  {method:20s} most uncertain slice {z:2d} ({'inside' if inside else 'OUTSIDE'} the slab), score {r.slice_scores[z]:.4f}"
+            )
+            entry[method] = {"slice": z, "inside": inside, "slice_scores": [float(v) for v in r.slice_scores]}
+        slab_result[corruption] = entry
     out = {
         "k": a.k,
         "seed": a.seed,

@@ -34,14 +34,15 @@ def test_vote_entropy_by_hand_and_scipy():
     assert vote_entropy(votes[:1], 5).max() == 0.0  # one member: nothing to disagree about
 
 
-def test_entropy_scores_average_over_organ_voxels_per_slice():
-    votes = np.zeros((2, 2, 2, 3), dtype=np.uint8)  # 2 members, 2 x 2 pixels, 3 slices
-    votes[0, 0, 0, 0] = 1  # slice 0: one voxel disputed (1 vs 0), one voxel of 4 is organ anywhere
+def test_entropy_scores_volume_over_organ_voxels_slices_per_pixel():
+    votes = np.zeros((2, 2, 2, 4), dtype=np.uint8)  # 2 members, 2 x 2 pixels, 4 slices
+    votes[0, 0, 0, 0] = 1  # slice 0: one voxel disputed (1 vs 0)
     votes[:, :, :, 1] = 2  # slice 1: all organ, unanimous
+    votes[0, :, 0, 3] = 1  # slice 3: two voxels disputed
     # slice 2: background everywhere
     score, slices = entropy_scores(votes, num_classes=3)
-    assert slices.tolist() == pytest.approx([1.0, 0.0, 0.0])  # normalised by log(min(2, 3))
-    assert score == pytest.approx(1.0 / 5)  # 5 organ voxels, one with entropy 1
+    assert slices.tolist() == pytest.approx([0.25, 0.0, 0.0, 0.5])  # entropy (1 = log 2 / log 2) per pixel of the slice
+    assert score == pytest.approx(3.0 / 7)  # 7 voxels are organ in some member, 3 of them disputed
     assert entropy_scores(np.zeros((3, 2, 2, 2), np.uint8), 3) == (0.0, pytest.approx([0.0, 0.0]))
 
 
@@ -62,7 +63,9 @@ class _ThresholdNet(torch.nn.Module):
 def _model(dropout: float = 0.0) -> BundleModel:
     from s2s2_monai.transforms import CTWindowd
 
-    return BundleModel(_ThresholdNet(dropout), [CTWindowd("image")], "synapse").eval()
+    model = BundleModel(_ThresholdNet(dropout), [CTWindowd("image")], "synapse")
+    model.network.eval()
+    return model
 
 
 def _blob_volume(noise_slices=(), seed=0):

@@ -311,6 +311,16 @@ def _upload(url: str, path: Path):
     return _request(url, "POST", body, {"Content-Type": f"multipart/form-data; boundary={boundary}"})
 
 
+def _write_slab_study(phantom: Path, out: Path) -> None:
+    """The phantom with its middle third of slices replaced by seeded HU noise (a corrupted slab)."""
+    img = nib.load(str(phantom))
+    data = np.asarray(img.dataobj, dtype=np.float32).copy()
+    z = data.shape[2]
+    rng = np.random.default_rng(0)
+    data[:, :, z // 3 : 2 * z // 3] = rng.uniform(-1000, 1000, data[:, :, z // 3 : 2 * z // 3].shape)
+    nib.save(nib.Nifti1Image(data, img.affine), str(out))
+
+
 #: The server's upload limit in the tests (the test uploads are below it; one test goes over it).
 MAX_UPLOAD_MB = 1
 
@@ -331,11 +341,14 @@ def server(work, tmp_path_factory, real_ct):
     shutil.copy(work["items"][0]["image"], studies / "phantom.nii.gz")
     shutil.copy(work["items"][0]["label"], studies / "labels" / "final" / "phantom.nii.gz")
     shutil.copy(real_ct, studies / "real_ct.nii.gz")
+    _write_slab_study(Path(work["items"][0]["image"]), studies / "slab.nii.gz")  # unlabeled, for active learning
+    (studies / "broken.nii.gz").write_bytes(gzip.compress(b"not a NIfTI file"))  # cannot be scored
     port = _free_port()
     env = {
         **os.environ,
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
         "MONAI_LABEL_DATASTORE_AUTO_RELOAD": "false",
+        "MONAI_LABEL_AUTO_UPDATE_SCORING": "false",  # scoring only when a test asks (no background run at start-up)
     }
     cmd = [
         sys.executable, "-m", "monailabel.main", "start_server",
@@ -843,3 +856,57 @@ def test_server_train_refuses_bundle_expressions(server, tmp_path):
     assert task["status"] == "ERROR" and not marker.exists()
     assert any("'overrides' is not accepted" in line for line in task.get("details", [])), task.get("details", [])[-5:]
     _still_serving(server)
+
+
+def _post_json(url: str, params: dict | None = None):
+    status, body = _request(url, "POST", json.dumps(params or {}).encode(), {"Content-Type": "application/json"})
+    return status, json.loads(body) if body else None
+
+
+def test_server_active_learning_picks_the_most_uncertain_study_and_slice(server):
+    """POST /scoring/s2s2_disagreement scores the unlabeled studies (an unreadable one is skipped with its reason),
+    POST /activelearning/s2s2_uncertain answers the highest score and its most uncertain slice."""
+    from s2s2_monai.active_learning.disagreement import stack_disagreement
+    from s2s2_monai.label_app.scoring import SCORE_KEY
+
+    url = server["url"]
+    status, info = _post_json(url + "/activelearning/s2s2_uncertain")
+    assert status == 200 and info["score"] is None and "random" in info["note"], info  # nothing scored yet
+    # as 3D Slicer starts it: a background task (a child process writes the datastore; the server reads it back)
+    status, task = _post_json(url + "/scoring/s2s2_disagreement")
+    assert status == 200, task
+    deadline = time.time() + 300
+    while True:
+        status, body = _request(url + "/scoring/")
+        state = json.loads(body) if status == 200 else {}
+        if state.get("status") in ("DONE", "ERROR") or time.time() > deadline:
+            break
+        time.sleep(1)
+    assert state.get("status") == "DONE", state
+    details = json.dumps(state) + (server["root"] / "server.log").read_text()
+    assert "broken: skipped, cannot be scored" in details  # the unreadable study, with its reason in the log
+    assert _request(url + "/info/")[0] == 200  # the server keeps serving
+    records = {}
+    for image in ("real_ct", "slab", "broken"):
+        status, body = _request(f"{url}/datastore/image/info?image={image}")
+        assert status == 200, body
+        records[image] = json.loads(body).get(SCORE_KEY)
+    assert records["broken"] is None and all(records[i]["model"] == "synapse" for i in ("real_ct", "slab"))
+    best = max(("real_ct", "slab"), key=lambda i: records[i]["score"])
+    status, answer = _post_json(url + "/activelearning/s2s2_uncertain")
+    assert status == 200 and answer["id"] == best, (answer, records)
+    assert answer["slice"] == records[best]["slice"] == int(np.argmax(records[best]["slice_scores"]))
+    assert answer["slice_score"] == pytest.approx(max(records[best]["slice_scores"]), abs=1e-6)
+    # the same score in this process, from the served model folder and the server's settings (batch_size 8)
+    model = load_model_bundle(server["models"] / "synapse").load_model()
+    volume = prepare_volume(server["studies"] / "slab.nii.gz", model)
+    ref = stack_disagreement(model, volume.image, k=4, seed=0, batch_size=8)
+    assert records["slab"]["score"] == pytest.approx(ref.score, rel=1e-4, abs=1e-6)
+    assert records["slab"]["slice"] == ref.most_uncertain_slice
+    # a second run (in the server, synchronously) skips what is scored with these weights and settings
+    status, again = _post_json(url + "/scoring/s2s2_disagreement?run_sync=true")
+    assert status == 200 and again["scored"] == 0 and again["skipped"] >= 2 and set(again["failed"]) == {"broken"}, (
+        again
+    )
+    status, body = _request(url + "/activelearning/nosuch", "POST", b"{}", {"Content-Type": "application/json"})
+    assert status == 404 and b"s2s2_uncertain" in body

@@ -12,11 +12,17 @@ For one preprocessed volume (network input space):
 3. predict every variant; the ``k + 1`` label maps vote per voxel.
 
 Score (:func:`entropy_scores`): the **vote entropy** (query by committee; Dagan & Engelson 1995) of
-the ``k + 1`` votes per voxel, normalised by ``log(min(k + 1, classes))`` to [0, 1], averaged over the
-voxels that any member labels as an organ (background everywhere says nothing), per axial slice
-and over the volume. A volume (or slice) where no member finds an organ scores 0. Where a
+the ``k + 1`` votes per voxel, normalised by ``log(min(k + 1, classes))`` to [0, 1]. The volume's score
+is its mean over the voxels that any member labels as an organ (background everywhere says nothing;
+comparable across volumes of any size and organ content; 0 when no member finds an organ). A slice's
+score is the disagreement it holds: the entropy summed over the slice, per pixel of the slice (a slice
+where a large organ is in doubt outranks one where a few pixels at an organ's end are). Where a
 prediction is right, the variants agree with it and the entropy is low; where the model is unsure
 of the organ or its boundary, the stack pulls the votes apart.
+
+Known limit: a committee of the model's own predictions cannot see an organ that every member
+confidently misses (a slab so dark or so biased that the model predicts no organ there: every
+variant is painted from "no organ" and agrees). Measured in ``benchmarks/bench_uncertainty.py``.
 
 Same seed, same variants, same score (every random draw comes from ``seed`` and the slice index).
 """
@@ -95,16 +101,14 @@ def vote_entropy(labels: np.ndarray, num_classes: int) -> np.ndarray:
 
 
 def entropy_scores(labels: np.ndarray, num_classes: int) -> tuple[float, np.ndarray]:
-    """Volume and per-slice (last axis) scores of (M, X, Y, Z) votes: mean vote entropy over the voxels
-    any member labels as an organ; 0 where no member does."""
+    """Scores of (M, X, Y, Z) votes: the volume's (mean vote entropy over the voxels any member labels as an
+    organ; 0 when none does) and every axial slice's (the entropy summed over the slice / pixels per slice)."""
     labels = np.asarray(labels)
-    h = vote_entropy(labels, num_classes)
+    h = vote_entropy(labels, num_classes)  # 0 wherever every member says background
     fg = (labels > 0).any(axis=0)
-    h_fg = np.where(fg, h, 0.0)
-    per_slice_n = fg.sum(axis=(0, 1))
-    slice_scores = np.divide(h_fg.sum(axis=(0, 1)), per_slice_n, out=np.zeros(fg.shape[-1]), where=per_slice_n > 0)
     total = int(fg.sum())
-    return (float(h_fg.sum() / total) if total else 0.0), slice_scores
+    slice_scores = h.astype(np.float64).sum(axis=(0, 1)) / (h.shape[0] * h.shape[1])
+    return (float(h.sum(dtype=np.float64) / total) if total else 0.0), slice_scores
 
 
 def _slice_seed(seed: int, z: int) -> int:

@@ -170,7 +170,10 @@ class S2S2Datastore(LocalDatastore):
         return uri if uri and _inside(uri, self.root) else ""
 
     def get_image_info(self, image_id: str) -> dict[str, Any]:
-        return super().get_image_info(image_id) if self.get_image_uri(image_id) else {}
+        if not self.get_image_uri(image_id):
+            return {}
+        self._init_from_datastore_file()  # what a child process wrote (a background scoring run): reloads on a new mtime
+        return super().get_image_info(image_id)
 
     def get_label_info(self, label_id: str, label_tag: str) -> dict[str, Any]:
         return super().get_label_info(label_id, label_tag) if self.get_label_uri(label_id, label_tag) else {}
