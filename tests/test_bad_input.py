@@ -403,6 +403,13 @@ def _num_classes_one(tmp: Path, demo: Demo):
     ], ["--num-classes", ">= 2"]
 
 
+def _workers_zero(tmp: Path, demo: Demo):
+    labels = _label_dir(tmp, demo)
+    shutil.copytree(labels, tmp / "pred")
+    argv = ["evaluate", "--pred-dir", tmp / "pred", "--label-dir", labels, "--out", tmp / "out", "--workers", "0"]
+    return argv, ["--workers", ">= 1"]
+
+
 def _nnunet(tmp: Path, demo: Demo) -> list[str]:
     """``s2s2 datalist`` argv over an nnU-Net folder of the two demo cases (imagesTr/CASE_0000, labelsTr/CASE)."""
     for i, (image, label) in enumerate(((demo.image, demo.label), (demo.image2, demo.label2))):
@@ -617,6 +624,7 @@ CLI_CASES: dict[str, Case] = {
     "prediction / label name mismatch": Case(_pred_name_mismatch),
     "unknown --hd95": Case(_hd95_bogus),
     "--num-classes 1": Case(_num_classes_one),
+    "evaluate --workers 0": Case(_workers_zero),
     "robustness without checkpoint": Case(_robustness_no_ckpt),
     "export-bundle without checkpoint": Case(_export_no_ckpt),
     "DICOM folder with an unreadable file": Case(_dicom_unreadable_file, shared=True),

@@ -81,6 +81,10 @@ def evaluate_folders(
 
     from s2s2_monai.evaluation.folders import match_cases
 
+    if workers is not None and int(workers) < 1:
+        raise S2S2InputError(
+            None, f"--workers must be >= 1, got {workers}", "pass --workers 1 or more, or leave it out"
+        )
     lm = get_label_map(label_map)
     match = match_cases(dict(pred_dirs), label_dir, allow_missing=allow_missing)
     require_writable(out_dir, "--out")  # before the scoring, not after it
@@ -96,7 +100,7 @@ def evaluate_folders(
     )
     pairs = match.pairs
     jobs = [(pair, ev.empty_copy(), lm.valid_ids(), image_dir) for pair in pairs]
-    workers = max(1, min(int(workers) if workers else os.cpu_count() or 1, len(jobs)))
+    workers = max(1, min(int(workers) if workers is not None else os.cpu_count() or 1, len(jobs)))
     if not can_fork():
         workers = 1  # spawned workers would re-import everything: slower than scoring here
     bar = dict(total=len(jobs), desc="evaluating", unit="case", disable=not progress)
