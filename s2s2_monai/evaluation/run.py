@@ -7,6 +7,7 @@ Both validate all inputs before writing anything, score every case with one
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -103,19 +104,19 @@ def evaluate_folders(
     workers = max(1, min(int(workers) if workers is not None else os.cpu_count() or 1, len(jobs)))
     if not can_fork():
         workers = 1  # spawned workers would re-import everything: slower than scoring here
-    bar = dict(total=len(jobs), desc="evaluating", unit="case", disable=not progress)
-    if workers == 1:
-        parts = map(_score_pair, jobs)
-        for part in tqdm(parts, **bar):
-            ev.merge(part)
-    else:  # nnU-Net style: one process per case (forked: no re-import), merged in case order
-        from s2s2_monai.processes import fork_pool
+    with contextlib.ExitStack() as stack:
+        bar = stack.enter_context(tqdm(total=len(jobs), desc="evaluating", unit="case", disable=not progress))
+        if workers == 1:
+            parts = map(_score_pair, jobs)
+        else:  # nnU-Net style: one process per case (forked: no re-import), merged in case order
+            from s2s2_monai.processes import fork_pool
 
-        with fork_pool(workers) as pool:
+            pool = stack.enter_context(fork_pool(workers))
             parts = pool.map(_score_pair, jobs)  # the workers start here
             preload_figures()  # while they score
-            for part in tqdm(parts, **bar):
-                ev.merge(part)
+        for part in parts:
+            ev.merge(part)
+            bar.update(1)
     return write_report(out_dir, ev, n_boot=n_boot, seed=seed)
 
 
