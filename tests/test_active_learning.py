@@ -136,6 +136,24 @@ def test_tta_variance_matches_monai_variance_metric():
     )  # MONAI averages the classes; MONAI Label sums
 
 
+def test_baselines_use_the_models_own_inference_procedure():
+    from s2s2_monai.active_learning.baselines import _probabilities
+    from s2s2_monai.transforms import CTWindowd
+
+    img = _blob_volume(noise_slices=[3])
+    for legacy in (False, True):  # legacy TransUNet: cubic zoom to 24 x 24 and nearest back, as its labels
+        model = BundleModel(
+            _ThresholdNet(), [CTWindowd("image")], "synapse", input_size=(24, 24), legacy_transunet=legacy
+        )
+        probs = _probabilities(model, img)
+        assert probs.shape == (9, 40, 40, 20)
+        assert np.array_equal(probs.argmax(0), model.segment(img).numpy())
+    slice_probs = _probabilities(
+        BundleModel(_ThresholdNet(), [CTWindowd("image")], "synapse", input_size=(24, 24)), img
+    )
+    assert not np.allclose(slice_probs, probs)  # the two procedures differ: each baseline follows the model's
+
+
 def test_mc_dropout_entropy_needs_dropout_and_restores_eval():
     with pytest.raises(NoDropout, match="no dropout"):
         mc_dropout_entropy(_model(), _blob_volume(), k=3)

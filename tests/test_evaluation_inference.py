@@ -56,6 +56,20 @@ def test_legacy_predict_is_transunet_loop():
         assert np.array_equal(out[:, :, z].numpy(), zoom(o, (30 / 24, 26 / 24), order=0))
 
 
+def test_legacy_probabilities_are_the_labels_softmax():
+    net = _net().eval()
+    vol = np.random.default_rng(1).random((30, 26, 5)).astype(np.float32)
+    labels = legacy_predict_volume(net, vol, input_size=(24, 24), batch_size=2)
+    probs = legacy_predict_volume(net, vol, input_size=(24, 24), batch_size=2, return_probabilities=True)
+    assert probs.shape == (4, 30, 26, 5) and probs.dtype == torch.float32
+    torch.testing.assert_close(probs.sum(0), torch.ones(30, 26, 5))
+    assert torch.equal(probs.argmax(0), labels)
+    s = zoom(vol[:, :, 2], (24 / 30, 24 / 26), order=3)  # slice 2 by hand: softmax at 24 x 24, nearest zoom back
+    with torch.no_grad():
+        p = torch.softmax(net(torch.from_numpy(s)[None, None].float()), dim=1)[0].numpy()
+    np.testing.assert_allclose(probs[..., 2].numpy(), zoom(p, (1, 30 / 24, 26 / 24), order=0), rtol=1e-6)
+
+
 def test_legacy_metrics_rules_and_averaging():
     from medpy.metric import binary
 

@@ -27,21 +27,13 @@ class NoDropout(ValueError):
 
 
 def _probabilities(model, image: np.ndarray, network=None, batch_size=None, device=None):
-    """Softmax (C, X, Y, Z) of the model's slice inference (float32 numpy)."""
-    import torch
-
-    from s2s2_monai.evaluation.inference import predict_volume
-
-    logits = predict_volume(
-        network if network is not None else model.network,
-        image,
-        input_size=model.input_size,
-        batch_size=batch_size or model.batch_size,
-        device=device,
-        mode=model.image_resize_mode,
-        return_logits=True,
+    """Softmax (C, X, Y, Z) of the model's own inference procedure (float32 numpy; legacy TransUNet included)."""
+    return (
+        model.inferer(batch_size)
+        .probabilities(image, network if network is not None else model.network, device=device)
+        .cpu()
+        .numpy()
     )
-    return torch.softmax(logits, dim=0).cpu().numpy()
 
 
 def _profile(voxel_scores: np.ndarray) -> tuple[float, np.ndarray]:

@@ -44,6 +44,13 @@ class SliceVolumeInferer(Inferer):
         self, inputs: torch.Tensor, network: torch.nn.Module, *args: Any, device=None, **kwargs: Any
     ) -> torch.Tensor:
         """(X, Y, Z) or (1, X, Y, Z) volume -> int64 (X, Y, Z) labels on ``device`` (default the network's)."""
+        return self._run(inputs, network, device, probabilities=False)
+
+    def probabilities(self, inputs, network: torch.nn.Module, device=None) -> torch.Tensor:
+        """The same procedure's float32 (C, X, Y, Z) softmax; its argmax is what :meth:`__call__` returns."""
+        return self._run(inputs, network, device, probabilities=True)
+
+    def _run(self, inputs, network, device, probabilities: bool) -> torch.Tensor:
         if self.legacy_transunet:
             from s2s2_monai.evaluation.legacy import LEGACY_INPUT_SIZE, legacy_predict_volume
 
@@ -53,7 +60,15 @@ class SliceVolumeInferer(Inferer):
                 input_size=self.input_size or LEGACY_INPUT_SIZE,
                 batch_size=self.batch_size,
                 device=device,
+                return_probabilities=probabilities,
             )
-        return predict_volume(
-            network, inputs, input_size=self.input_size, batch_size=self.batch_size, device=device, mode=self.mode
+        out = predict_volume(
+            network,
+            inputs,
+            input_size=self.input_size,
+            batch_size=self.batch_size,
+            device=device,
+            mode=self.mode,
+            return_logits=probabilities,
         )
+        return torch.softmax(out, dim=0) if probabilities else out

@@ -35,6 +35,7 @@ def legacy_predict_volume(
     input_size: Sequence[int] = LEGACY_INPUT_SIZE,
     batch_size: int = 32,
     device: torch.device | str | None = None,
+    return_probabilities: bool = False,
 ) -> torch.Tensor:
     """TransUNet's slice inference: cubic zoom to ``input_size``, argmax, nearest zoom back.
 
@@ -44,9 +45,11 @@ def legacy_predict_volume(
         input_size: network input size (224 x 224 in TransUNet).
         batch_size: slices per forward pass (the resizing is per slice, as upstream).
         device: where the network runs (default: its own device).
+        return_probabilities: return the float32 (C, X, Y, Z) softmax instead, zoomed back with the
+            labels' nearest sampling (so its argmax is the label volume).
 
     Returns:
-        int64 (X, Y, Z) labels on ``device``.
+        int64 (X, Y, Z) labels, or (C, X, Y, Z) probabilities, on ``device``.
     """
     device = torch.device(device) if device is not None else network_device(network)
     vol = np.asarray(image.detach().cpu() if isinstance(image, torch.Tensor) else image, dtype=np.float32)
@@ -57,13 +60,22 @@ def legacy_predict_volume(
     resize = (x, y) != (h, w)
     was_training = network.training
     network.eval()
-    out = torch.empty((x, y, z), dtype=torch.int64, device=device)
+    out = None if return_probabilities else torch.empty((x, y, z), dtype=torch.int64, device=device)
     try:
         for start in range(0, z, batch_size):
             idx = range(start, min(z, start + batch_size))
             batch = np.stack([zoom(vol[:, :, i], (h / x, w / y), order=3) if resize else vol[:, :, i] for i in idx])
             logits = first_output(network(torch.from_numpy(batch)[:, None].to(device)))
-            labels = torch.argmax(torch.softmax(logits, dim=1), dim=1).cpu().numpy()
+            probs = torch.softmax(logits.float(), dim=1)
+            if return_probabilities:
+                probs = probs.cpu().numpy()
+                if out is None:
+                    out = torch.empty((probs.shape[1], x, y, z), dtype=torch.float32, device=device)
+                for j, i in enumerate(idx):
+                    back = zoom(probs[j], (1, x / h, y / w), order=0) if resize else probs[j]
+                    out[..., i] = torch.from_numpy(np.asarray(back, dtype=np.float32)).to(device)
+                continue
+            labels = torch.argmax(probs, dim=1).cpu().numpy()
             for j, i in enumerate(idx):
                 pred = zoom(labels[j], (x / h, y / w), order=0) if resize else labels[j]
                 out[:, :, i] = torch.from_numpy(np.asarray(pred, dtype=np.int64)).to(device)
