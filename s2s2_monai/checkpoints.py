@@ -27,6 +27,7 @@ from s2s2_monai.errors import S2S2InputError, exit_or_raise
 
 __all__ = [
     "load_weights",
+    "weights_digest",
     "CORRUPT_SUFFIX",
     "NonFiniteError",
     "nonfinite_tensors",
@@ -228,6 +229,28 @@ def file_sha256(path: str | os.PathLike) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+_DIGESTS: dict[str, tuple[tuple, str]] = {}
+
+
+def weights_digest(path: str | os.PathLike) -> str:
+    """Which weights a file holds, by content: its SHA-256 (``""`` when absent), memoised per stat.
+
+    Weights copied back with another modification time keep their digest; other weights written with
+    the same time do not. The file is re-hashed only when its size, inode, modification or
+    status-change time changes (a write cannot set the status-change time back).
+    """
+    path = os.fspath(path)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return ""
+    key = (st.st_size, st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
+    cached = _DIGESTS.get(path)
+    if cached is None or cached[0] != key:
+        cached = _DIGESTS[path] = (key, file_sha256(path))
+    return cached[1]
 
 
 def record_path(model_path: str | os.PathLike) -> Path:

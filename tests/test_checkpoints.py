@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 
 import pytest
 import torch
@@ -74,3 +75,21 @@ def test_read_state_dict_accepts_the_project_layouts_and_rejects_others(tmp_path
     torch.save({"w": torch.ones(1), "code": print}, tmp_path / "unsafe.pt")  # weights_only refuses objects
     with pytest.raises(S2S2InputError, match="not a readable PyTorch checkpoint"):
         read_state_dict(tmp_path / "unsafe.pt")
+
+
+def test_weights_digest_is_by_content_not_by_date(tmp_path):
+    import hashlib
+
+    from s2s2_monai.checkpoints import weights_digest
+
+    path = tmp_path / "model.pt"
+    assert weights_digest(path) == ""  # no weights yet
+    path.write_bytes(b"weights A")
+    first = weights_digest(path)
+    assert first == hashlib.sha256(b"weights A").hexdigest()
+    os.utime(path, ns=(1, 10**18))  # the same bytes copied back with another date: the same weights
+    assert weights_digest(path) == first
+    stamp = path.stat().st_mtime_ns
+    path.write_bytes(b"weights B")  # other bytes written with the same date (and size): other weights
+    os.utime(path, ns=(1, stamp))
+    assert path.stat().st_mtime_ns == stamp and weights_digest(path) == hashlib.sha256(b"weights B").hexdigest()

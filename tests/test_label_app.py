@@ -27,6 +27,7 @@ import numpy as np
 import pytest
 import torch
 
+from s2s2_monai.checkpoints import file_sha256
 from s2s2_monai.cli import main as cli_main
 from s2s2_monai.data.modality import check_modality_range
 from s2s2_monai.data.phantom import write_demo_data
@@ -897,6 +898,10 @@ def test_server_active_learning_picks_the_most_uncertain_study_and_slice(server)
     assert status == 200 and answer["id"] == best, (answer, records)
     assert answer["slice"] == records[best]["slice"] == int(np.argmax(records[best]["slice_scores"]))
     assert answer["slice_score"] == pytest.approx(max(records[best]["slice_scores"]), abs=1e-6)
+    assert records[best]["weights"] == file_sha256(server["models"] / "synapse" / WEIGHTS)  # weights by content
+    os.utime(server["models"] / "synapse" / WEIGHTS)  # the same weights with a new date: the scores still count
+    status, again = _post_json(url + "/activelearning/s2s2_uncertain")
+    assert status == 200 and again["id"] == best and again["score"] is not None, again
     # the same score in this process, from the served model folder and the server's settings (batch_size 8)
     model = load_model_bundle(server["models"] / "synapse").load_model()
     volume = prepare_volume(server["studies"] / "slab.nii.gz", model)

@@ -29,6 +29,7 @@ from typing import Any
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 
+from s2s2_monai.checkpoints import weights_digest
 from s2s2_monai.errors import S2S2InputError
 from s2s2_monai.label_app.bundle import ModelBundle
 from s2s2_monai.label_app.segment import prepare_volume, write_label
@@ -186,13 +187,13 @@ class S2S2InferTask(BasicInferTask):
         return []
 
     def _get_network(self, device, data):
-        """The weights of ``models/model.pt`` on ``device`` (the project's loader), reloaded when the file changes.
+        """The weights of ``models/model.pt`` on ``device`` (the project's loader), reloaded when its content changes.
 
         Replaces ``BasicInferTask._get_network`` (``torch.load`` without ``weights_only``, a
         client-chosen ``model_filename``): only the bundle's own file, read ``weights_only``.
         """
         path = self.bundle.weights_path
-        key = (str(device), path.stat().st_mtime_ns if path.exists() else None)
+        key = (str(device), weights_digest(path))
         if self._loaded is None or self._loaded[0] != key:
             self._loaded = (key, self.bundle.load_network(device))
         return self._loaded[1]

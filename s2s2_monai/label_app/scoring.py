@@ -4,7 +4,7 @@
   the model and by ``k`` appearance variants painted from that segmentation
   (:func:`~s2s2_monai.active_learning.disagreement.stack_disagreement`); the vote entropy per volume
   and per axial slice is stored in the study's datastore info under :data:`SCORE_KEY`, with the
-  model and the version of its weights (like MONAI Label's ``epistemic_entropy`` / ``epistemic_ts``).
+  model and the SHA-256 of its weights (like MONAI Label's ``epistemic_entropy`` / ``epistemic_ts``).
   A study already scored with these weights and settings is skipped; one that cannot be read is
   skipped with its reason in the log and in the summary (``failed``); the others are scored.
 - :class:`MostUncertain` (``POST /activelearning/s2s2_uncertain``): the unlabeled study with the
@@ -30,6 +30,7 @@ from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.scoring import ScoringMethod
 from monailabel.interfaces.tasks.strategy import Strategy
 
+from s2s2_monai.checkpoints import weights_digest
 from s2s2_monai.label_app.bundle import ModelBundle
 
 __all__ = ["S2S2Scoring", "MostUncertain", "SCORE_KEY", "SCORING_METHOD", "STRATEGY", "scoring_settings"]
@@ -65,12 +66,6 @@ def scoring_settings(conf: dict, request: dict | None = None) -> dict:
     return {"k": k, "seed": seed, "mix": mix, "flips": flips}
 
 
-def _weights_version(bundle: ModelBundle) -> int:
-    """Which weights a score belongs to: the weights file's modification time (ns; 0 when absent)."""
-    path = bundle.weights_path
-    return path.stat().st_mtime_ns if path.exists() else 0
-
-
 class S2S2Scoring(ScoringMethod):
     """Score every unlabeled study by the model's disagreement with itself across its appearance stack.
 
@@ -102,7 +97,7 @@ class S2S2Scoring(ScoringMethod):
         settings = scoring_settings(self.conf, request)
         batch_size = int(request.get("batch_size", self.batch_size))
         device = request.get("device") or ("cuda" if torch.cuda.is_available() else "cpu")
-        version = _weights_version(self.bundle)
+        version = weights_digest(self.bundle.weights_path)  # by content, not by date
         model = self.bundle.load_model(device)
         images = sorted(datastore.get_unlabeled_images())
         t0 = time.time()
@@ -166,7 +161,9 @@ class MostUncertain(Strategy):
             return False
         bundle = self.bundles.get(record.get("model"))
         return (
-            bundle is not None and record.get("weights") == _weights_version(bundle) and math.isfinite(record["score"])
+            bundle is not None
+            and record.get("weights") == weights_digest(bundle.weights_path)
+            and math.isfinite(record["score"])
         )
 
     def __call__(self, request: dict, datastore: Datastore) -> dict | None:
