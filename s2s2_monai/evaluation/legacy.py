@@ -13,12 +13,11 @@ As in TransUNet ``utils.test_single_volume`` / ``calculate_metric_percase``:
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from scipy.ndimage import zoom
 
-from s2s2_monai.evaluation.inference import first_output, network_device
 from s2s2_monai.evaluation.metrics import as_label_array, compute_case_metrics, dice_per_class
 
 __all__ = ["LEGACY_INPUT_SIZE", "LEGACY_KEYS", "legacy_predict_volume", "legacy_case_metrics", "legacy_summary"]
@@ -27,8 +26,10 @@ LEGACY_INPUT_SIZE = (224, 224)
 #: Keys of a legacy per-class result: Dice and HD95 in voxels.
 LEGACY_KEYS = ("dice", "hd95_vox")
 
+if TYPE_CHECKING:  # torch is loaded only to predict: evaluating folders under this protocol needs none
+    import torch
 
-@torch.inference_mode()
+
 def legacy_predict_volume(
     network: torch.nn.Module,
     image,
@@ -51,37 +52,42 @@ def legacy_predict_volume(
     Returns:
         int64 (X, Y, Z) labels, or (C, X, Y, Z) probabilities, on ``device``.
     """
-    device = torch.device(device) if device is not None else network_device(network)
-    vol = np.asarray(image.detach().cpu() if isinstance(image, torch.Tensor) else image, dtype=np.float32)
-    if vol.ndim == 4 and vol.shape[0] == 1:
-        vol = vol[0]
-    x, y, z = vol.shape
-    h, w = (int(s) for s in input_size)
-    resize = (x, y) != (h, w)
-    was_training = network.training
-    network.eval()
-    out = None if return_probabilities else torch.empty((x, y, z), dtype=torch.int64, device=device)
-    try:
-        for start in range(0, z, batch_size):
-            idx = range(start, min(z, start + batch_size))
-            batch = np.stack([zoom(vol[:, :, i], (h / x, w / y), order=3) if resize else vol[:, :, i] for i in idx])
-            logits = first_output(network(torch.from_numpy(batch)[:, None].to(device)))
-            probs = torch.softmax(logits.float(), dim=1)
-            if return_probabilities:
-                probs = probs.cpu().numpy()
-                if out is None:
-                    out = torch.empty((probs.shape[1], x, y, z), dtype=torch.float32, device=device)
+    import torch
+
+    from s2s2_monai.evaluation.inference import first_output, network_device
+
+    with torch.inference_mode():
+        device = torch.device(device) if device is not None else network_device(network)
+        vol = np.asarray(image.detach().cpu() if isinstance(image, torch.Tensor) else image, dtype=np.float32)
+        if vol.ndim == 4 and vol.shape[0] == 1:
+            vol = vol[0]
+        x, y, z = vol.shape
+        h, w = (int(s) for s in input_size)
+        resize = (x, y) != (h, w)
+        was_training = network.training
+        network.eval()
+        out = None if return_probabilities else torch.empty((x, y, z), dtype=torch.int64, device=device)
+        try:
+            for start in range(0, z, batch_size):
+                idx = range(start, min(z, start + batch_size))
+                batch = np.stack([zoom(vol[:, :, i], (h / x, w / y), order=3) if resize else vol[:, :, i] for i in idx])
+                logits = first_output(network(torch.from_numpy(batch)[:, None].to(device)))
+                probs = torch.softmax(logits.float(), dim=1)
+                if return_probabilities:
+                    probs = probs.cpu().numpy()
+                    if out is None:
+                        out = torch.empty((probs.shape[1], x, y, z), dtype=torch.float32, device=device)
+                    for j, i in enumerate(idx):
+                        back = zoom(probs[j], (1, x / h, y / w), order=0) if resize else probs[j]
+                        out[..., i] = torch.from_numpy(np.asarray(back, dtype=np.float32)).to(device)
+                    continue
+                labels = torch.argmax(probs, dim=1).cpu().numpy()
                 for j, i in enumerate(idx):
-                    back = zoom(probs[j], (1, x / h, y / w), order=0) if resize else probs[j]
-                    out[..., i] = torch.from_numpy(np.asarray(back, dtype=np.float32)).to(device)
-                continue
-            labels = torch.argmax(probs, dim=1).cpu().numpy()
-            for j, i in enumerate(idx):
-                pred = zoom(labels[j], (x / h, y / w), order=0) if resize else labels[j]
-                out[:, :, i] = torch.from_numpy(np.asarray(pred, dtype=np.int64)).to(device)
-    finally:
-        network.train(was_training)
-    return out
+                    pred = zoom(labels[j], (x / h, y / w), order=0) if resize else labels[j]
+                    out[:, :, i] = torch.from_numpy(np.asarray(pred, dtype=np.int64)).to(device)
+        finally:
+            network.train(was_training)
+        return out
 
 
 def legacy_case_metrics(pred, gt, class_ids: Iterable[int]) -> dict[int, dict[str, float]]:
