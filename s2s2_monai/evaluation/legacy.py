@@ -56,38 +56,34 @@ def legacy_predict_volume(
 
     from s2s2_monai.evaluation.inference import first_output, network_device
 
-    with torch.inference_mode():
-        device = torch.device(device) if device is not None else network_device(network)
-        vol = np.asarray(image.detach().cpu() if isinstance(image, torch.Tensor) else image, dtype=np.float32)
-        if vol.ndim == 4 and vol.shape[0] == 1:
-            vol = vol[0]
-        x, y, z = vol.shape
-        h, w = (int(s) for s in input_size)
-        resize = (x, y) != (h, w)
-        was_training = network.training
-        network.eval()
-        out = None if return_probabilities else torch.empty((x, y, z), dtype=torch.int64, device=device)
-        try:
-            for start in range(0, z, batch_size):
-                idx = range(start, min(z, start + batch_size))
-                batch = np.stack([zoom(vol[:, :, i], (h / x, w / y), order=3) if resize else vol[:, :, i] for i in idx])
+    device = torch.device(device) if device is not None else network_device(network)
+    vol = np.asarray(image.detach().cpu() if isinstance(image, torch.Tensor) else image, dtype=np.float32)
+    if vol.ndim == 4 and vol.shape[0] == 1:
+        vol = vol[0]
+    x, y, z = vol.shape
+    h, w = (int(s) for s in input_size)
+    resize = (x, y) != (h, w)
+    was_training = network.training
+    network.eval()
+    out = None if return_probabilities else torch.empty((x, y, z), dtype=torch.int64, device=device)
+    try:
+        for start in range(0, z, batch_size):
+            idx = range(start, min(z, start + batch_size))
+            batch = np.stack([zoom(vol[:, :, i], (h / x, w / y), order=3) if resize else vol[:, :, i] for i in idx])
+            with torch.inference_mode():
                 logits = first_output(network(torch.from_numpy(batch)[:, None].to(device)))
                 probs = torch.softmax(logits.float(), dim=1)
-                if return_probabilities:
-                    probs = probs.cpu().numpy()
-                    if out is None:
-                        out = torch.empty((probs.shape[1], x, y, z), dtype=torch.float32, device=device)
-                    for j, i in enumerate(idx):
-                        back = zoom(probs[j], (1, x / h, y / w), order=0) if resize else probs[j]
-                        out[..., i] = torch.from_numpy(np.asarray(back, dtype=np.float32)).to(device)
-                    continue
-                labels = torch.argmax(probs, dim=1).cpu().numpy()
-                for j, i in enumerate(idx):
-                    pred = zoom(labels[j], (x / h, y / w), order=0) if resize else labels[j]
-                    out[:, :, i] = torch.from_numpy(np.asarray(pred, dtype=np.int64)).to(device)
-        finally:
-            network.train(was_training)
-        return out
+            # per slice: (C, h, w) probabilities or (h, w) labels, zoomed back with the same nearest sampling
+            slices = probs.cpu().numpy() if return_probabilities else torch.argmax(probs, dim=1).cpu().numpy()
+            if out is None:
+                out = torch.empty((slices.shape[1], x, y, z), dtype=torch.float32, device=device)
+            factors = (1,) * (slices.ndim - 3) + (x / h, y / w)
+            for j, i in enumerate(idx):
+                back = zoom(slices[j], factors, order=0) if resize else slices[j]
+                out[..., i] = torch.from_numpy(np.asarray(back)).to(device=device, dtype=out.dtype)
+    finally:
+        network.train(was_training)
+    return out
 
 
 def legacy_case_metrics(pred, gt, class_ids: Iterable[int]) -> dict[int, dict[str, float]]:

@@ -156,22 +156,23 @@ class MostUncertain(Strategy):
         super().__init__("Most uncertain study under S2S2 stack disagreement (POST /scoring/s2s2_disagreement first)")
         self.bundles = dict(bundles)
 
-    def _current(self, record: Any) -> bool:
+    @staticmethod
+    def _current(record: Any, digests: dict[str, str]) -> bool:
+        """A finite score of a served model, computed with the weights it serves now (``digests``: by model name)."""
         if not isinstance(record, dict) or not isinstance(record.get("score"), (int, float)):
             return False
-        bundle = self.bundles.get(record.get("model"))
-        return (
-            bundle is not None
-            and record.get("weights") == weights_digest(bundle.weights_path)
-            and math.isfinite(record["score"])
-        )
+        model = record.get("model")
+        return model in digests and record.get("weights") == digests[model] and math.isfinite(record["score"])
 
     def __call__(self, request: dict, datastore: Datastore) -> dict | None:
         images = sorted(datastore.get_unlabeled_images(request.get("label_tag"), request.get("labels")))
         if not images:
             return None
         infos = {image: datastore.get_image_info(image) for image in images}
-        scores = {image: info[SCORE_KEY] for image, info in infos.items() if self._current(info.get(SCORE_KEY))}
+        digests = {name: weights_digest(bundle.weights_path) for name, bundle in self.bundles.items()}  # once a request
+        scores = {
+            image: info[SCORE_KEY] for image, info in infos.items() if self._current(info.get(SCORE_KEY), digests)
+        }
         if not scores:
             choice = random.Random(request.get("seed")).choice(images)
             note = (
